@@ -1,0 +1,1 @@
+"""Triton kernels for quantized matrix products, installed as ``qlab.kernels``."""

@@ -1,0 +1,119 @@
+"""Perplexity and text generation: the two ways a student sees what quantization did to the model.
+
+Perplexity is ``exp(mean negative log-likelihood per byte)`` over held-out text; bits per byte is
+``mean NLL / ln 2``. Evaluation cuts a split into consecutive windows of ``T + 1`` bytes that overlap
+by one byte, so every byte after the first is predicted exactly once, from at most ``T`` bytes of
+context (the usual non-overlapping evaluation of GPT-2 and the GPTQ paper's scripts).
+
+* ``mode="fast"``: a fixed, evenly spaced subset of windows (what sliders use, well under 1.5 s on 2 cores).
+* ``mode="full"``: every window of the split.
+
+Works for any module mapping (B, T) int64 byte ids to (B, T, V) logits: qlab's GPT, a quantized copy
+of it, or a Hugging Face model behind ``qlab.hf.wrap_hf_causal_lm``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qlab.corpus import load_corpus
+
+FAST_WINDOWS = 16
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    bits_per_byte: float
+    nll: float  # mean negative log-likelihood per byte, in nats
+    tokens: int  # number of predicted bytes
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"perplexity {self.perplexity:.4f} ({self.bits_per_byte:.4f} bits/byte over {self.tokens} bytes)"
+
+
+def eval_windows(data: torch.Tensor, context: int, mode: str = "fast", fast_windows: int = FAST_WINDOWS) -> torch.Tensor:
+    """The (n, context + 1) windows of ``data`` that perplexity evaluates, deterministic."""
+    if mode not in ("fast", "full"):
+        raise ValueError(f"mode must be 'fast' or 'full', got {mode!r}")
+    if context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    n = (data.numel() - 1) // context
+    if n < 1:
+        raise ValueError(f"the data ({data.numel()} bytes) is shorter than one window of {context + 1} bytes")
+    starts = torch.arange(n) * context  # (n,)
+    if mode == "fast" and n > fast_windows:
+        starts = starts[torch.linspace(0, n - 1, fast_windows).round().long()]
+    return data[starts[:, None] + torch.arange(context + 1)[None, :]].long()  # (n, context + 1)
+
+
+@torch.no_grad()
+def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16) -> PerplexityResult:
+    """Perplexity of ``model`` on given (n, T + 1) windows."""
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for i in range(0, windows.shape[0], batch_size):
+            w = windows[i : i + batch_size].to(device)
+            logits = model(w[:, :-1])  # (b, T, V)
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("the model produced NaN/Inf logits: perplexity is undefined")
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+            total += loss.item()
+            count += w[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    nll = total / count
+    return PerplexityResult(math.exp(nll), nll / math.log(2), nll, count, time.perf_counter() - t0)
+
+
+def perplexity(model: nn.Module, split: str = "test", mode: str = "fast", *, context: int | None = None,
+               batch_size: int = 16) -> PerplexityResult:
+    """Perplexity and bits per byte of ``model`` on a corpus split (``"train"``, ``"val"``, ``"test"``)."""
+    if context is None:
+        context = getattr(getattr(model, "config", None), "block_size", 256)
+    windows = eval_windows(load_corpus().split(split), context, mode)
+    return perplexity_on(model, windows, batch_size)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: str, n_tokens: int = 200, *, temperature: float = 0.0,
+             top_k: int | None = None, seed: int = 0) -> str:
+    """Continue ``prompt`` by ``n_tokens`` bytes. ``temperature=0`` is greedy; otherwise seeded sampling."""
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+    context = getattr(getattr(model, "config", None), "block_size", 256)
+    device = next(model.parameters()).device
+    idx = torch.tensor(list(prompt.encode("utf-8")) or [10], dtype=torch.long, device=device)[None]  # (1, T)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(n_tokens):
+            logits = model(idx[:, -context:])[0, -1].float().cpu()  # (V,)
+            if temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=g))
+            idx = torch.cat([idx, torch.tensor([[nxt]], device=device)], dim=1)
+    finally:
+        model.train(was_training)
+    return bytes(idx[0].tolist()).decode("utf-8", errors="replace")
