@@ -61,42 +61,67 @@ def load_model(name: str = "small", directory: Path | str = CHECKPOINT_DIR, *, v
     return model.eval()
 
 
-def save_checkpoint(model: GPT, record: dict, name: str = "small", directory: Path | str = CHECKPOINT_DIR) -> dict:
-    """Write the weights and the model card (perplexities measured here, now). Returns the card."""
-    from qlab.corpus import load_corpus
-    from qlab.evaluate import perplexity
+def outlier_figures(model: GPT, n_samples: int = 32, length: int = 256, seed: int = 0) -> list[dict]:
+    """The outlier report of ``model``'s Linear inputs on seeded calibration samples (for the model card)."""
+    from qlab.capture import capture_activations
+    from qlab.corpus import calibration_samples
+    from qlab.outliers import outlier_report
 
+    tokens = calibration_samples(n_samples, length, seed=seed)  # (n, length)
+    with torch.no_grad(), capture_activations(model) as stats:
+        for i in range(0, n_samples, 8):
+            model(tokens[i : i + 8])
+    return [row.to_dict() for row in outlier_report(stats)]
+
+
+TRAINING_FIELDS = ("steps", "tokens_seen", "train_config", "training_time_s", "machine", "threads", "history")
+
+
+def measure_card(model: GPT, weights: Path, training: dict) -> dict:
+    """The model card: the training record plus figures measured now on ``model`` (and the file's hash)."""
+    from qlab.corpus import load_corpus
+    from qlab.evaluate import generate, perplexity
+
+    val = perplexity(model, "val", "full")
+    test = perplexity(model, "test", "full")
+    return {
+        "name": weights.stem,
+        "config": model.config.to_dict(),
+        "parameters": model.num_parameters(),
+        **{k: training.get(k) for k in TRAINING_FIELDS},
+        "val_perplexity": round(val.perplexity, 4),
+        "val_bits_per_byte": round(val.bits_per_byte, 4),
+        "test_perplexity": round(test.perplexity, 4),
+        "test_bits_per_byte": round(test.bits_per_byte, 4),
+        "test_perplexity_fast": round(perplexity(model, "test", "fast").perplexity, 4),
+        "corpus": load_corpus().summary(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "outliers": {"samples": "32 x 256 bytes of the train split, seed 0", "rows": outlier_figures(model)},
+        "sample_greedy": generate(model, "def ", 200),
+        "file": weights.name,
+        "file_bytes": weights.stat().st_size,
+        "sha256": sha256_of(weights),
+    }
+
+
+def save_checkpoint(model: GPT, record: dict, name: str = "small", directory: Path | str = CHECKPOINT_DIR) -> dict:
+    """Write the weights and the model card (figures measured here, now). Returns the card."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{name}.pt"
     model = model.float().eval()
     torch.save({"config": model.config.to_dict(),
                 "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}}, weights)
-    val = perplexity(model, "val", "full")
-    test = perplexity(model, "test", "full")
-    test_fast = perplexity(model, "test", "fast")
-    card = {
-        "name": name,
-        "config": model.config.to_dict(),
-        "parameters": model.num_parameters(),
-        "steps": record["steps"],
-        "tokens_seen": record["tokens_seen"],
-        "train_config": record["train_config"],
-        "val_perplexity": round(val.perplexity, 4),
-        "val_bits_per_byte": round(val.bits_per_byte, 4),
-        "test_perplexity": round(test.perplexity, 4),
-        "test_bits_per_byte": round(test.bits_per_byte, 4),
-        "test_perplexity_fast": round(test_fast.perplexity, 4),
-        "corpus": load_corpus().summary(),
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "training_time_s": round(record["training_time_s"], 1),
-        "machine": record["machine"],
-        "threads": record.get("threads"),
-        "history": record.get("history", []),
-        "file": weights.name,
-        "file_bytes": weights.stat().st_size,
-        "sha256": sha256_of(weights),
-    }
+    card = measure_card(model, weights, record)
+    card_path(name, directory).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def refresh_card(name: str = "small", directory: Path | str = CHECKPOINT_DIR) -> dict:
+    """Re-measure an existing checkpoint's card (perplexities, outliers, sample), keeping its training record."""
+    directory = Path(directory)
+    old = load_card(name, directory)
+    card = measure_card(load_model(name, directory), directory / f"{name}.pt", old)
     card_path(name, directory).write_text(json.dumps(card, indent=2) + "\n")
     return card

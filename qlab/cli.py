@@ -2,6 +2,7 @@
 
     qlab info                 versions, GPU, whether Triton runs natively or in interpreter mode
     qlab train [--steps N]    train the shipped model from scratch and write checkpoint + model card
+    qlab card                 re-measure the shipped checkpoint's model card (perplexities, outliers, sample)
     qlab demo                 headless demo: load the model, quantize one weight, show perplexity and text
     qlab bench [...]          kernel benchmark (GPU), or the roofline model without one
 """
@@ -52,6 +53,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from qlab.checkpoint import refresh_card
+
+    card = refresh_card()
+    print(f"test perplexity {card['test_perplexity']} ({card['test_bits_per_byte']} bits/byte); card rewritten")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from qlab.checkpoint import load_model
     from qlab.evaluate import generate, perplexity
@@ -81,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="checkpoint folder (default: the package's checkpoints/)")
     t.add_argument("--fresh", action="store_true", help="ignore an existing training state")
     t.set_defaults(func=cmd_train)
+    sub.add_parser("card", help="re-measure the shipped model's card").set_defaults(func=cmd_card)
     sub.add_parser("demo", help="headless demo on the shipped model").set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="kernel benchmark", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -68,7 +68,7 @@ def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16)
             logits = model(w[:, :-1])  # (b, T, V)
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("the model produced NaN/Inf logits: perplexity is undefined")
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+            loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
             total += loss.item()
             count += w[:, 1:].numel()
     finally:
@@ -117,3 +117,12 @@ def generate(model: nn.Module, prompt: str, n_tokens: int = 200, *, temperature:
     finally:
         model.train(was_training)
     return bytes(idx[0].tolist()).decode("utf-8", errors="replace")
+
+
+def unigram_perplexity(split: str = "test", train_split: str = "train") -> float:
+    """Baseline: perplexity of the byte frequencies of ``train_split`` (add-one smoothed) on ``split``."""
+    corpus = load_corpus()
+    counts = torch.bincount(corpus.split(train_split).long(), minlength=256).double() + 1  # (256,)
+    logp = (counts / counts.sum()).log()
+    nll = -logp[corpus.split(split).long()].mean().item()
+    return math.exp(nll)

@@ -63,8 +63,12 @@ def machine_description() -> str:
     return f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores, {cuda}"
 
 
-def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
-    """Train to ``cfg.steps``, checkpointing to ``workdir/train_state.pt``; returns the training record."""
+def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progress: bool = True,
+          stop_at: int | None = None) -> dict:
+    """Train to ``cfg.steps`` (or pause at ``stop_at``), checkpointing to ``workdir/train_state.pt``.
+
+    Returns the training record: the model, steps, tokens seen, time, loss/perplexity history.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "train_state.pt"
@@ -98,7 +102,8 @@ def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progres
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     model.train()
     t_last = time.perf_counter()
-    while step < cfg.steps:
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    while step < end:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         xy = _batch(train_data, cfg.batch_size, T, g)  # (B, T + 1)
@@ -116,7 +121,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progres
         t_last = now
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:,.0f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == end:
             val = perplexity_on(model, val_windows)
             model.train()
             history.append({"step": step, "train_loss": loss.item(), "val_ppl": val.perplexity, "elapsed_s": elapsed})

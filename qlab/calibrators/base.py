@@ -1,0 +1,144 @@
+"""What every calibrator (observer) shares: the result type, the streaming interface, input checks.
+
+A calibrator watches a tensor (weights, or the activations at one point of a network) over any number
+of batches and then proposes a range [lo, hi] for a quantizer. Turning that range into a scale and a
+zero point is the quantizer's job (`qlab.quantize.compute_qparams(lo, hi, spec)`, torch.ao formulas);
+the calibrator only decides how much of the observed range is worth representing.
+
+    cal = Entropy()
+    for x in batches:
+        cal.update(x)            # streaming: state grows, the data is not kept
+    result = cal.compute()       # CalibrationResult(lo, hi, curve, name)
+    result.amax                  # max(|lo|, |hi|): the clip threshold of a symmetric quantizer
+
+Calibrators that search over candidate thresholds (Entropy, MSE) also return the curve they minimised,
+`(candidate_thresholds, losses)`, so a notebook can plot why the chosen threshold won.
+
+The interface follows torch.ao.quantization's observers (`forward(x)` accumulates,
+`calculate_qparams()` reads the state) and NVIDIA pytorch-quantization's calibrators
+(`collect(x)` / `compute_amax()`), see docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The range a calibrator proposes.
+
+    lo, hi: float32 tensors, 0-d for a per-tensor calibrator, shape (C,) for a per-channel one.
+    curve:  None, or (candidate_thresholds, losses), two 1-d tensors of equal length, for the
+            calibrators that chose a threshold by minimising a loss.
+    name:   the calibrator that produced it, e.g. "entropy".
+    """
+
+    lo: Tensor
+    hi: Tensor
+    curve: tuple[Tensor, Tensor] | None = None
+    name: str = ""
+
+    @property
+    def amax(self) -> Tensor:
+        """max(|lo|, |hi|): the threshold a symmetric quantizer clips at."""
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+
+class Calibrator(ABC):
+    """Streaming calibrator: `update(x)` over any number of batches, then `compute()`."""
+
+    name: str = "calibrator"
+
+    @abstractmethod
+    def update(self, x: Tensor) -> None:
+        """Accumulate statistics of one batch `x`."""
+
+    @abstractmethod
+    def compute(self) -> CalibrationResult:
+        """The proposed range from everything seen since construction or the last `reset()`."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+
+    def _no_data_error(self) -> ValueError:
+        return ValueError(f"{type(self).__name__} has seen no data; call update(x) first")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _params(self) -> dict[str, object]:
+        """The constructor arguments, for repr."""
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks (shared, so every calibrator fails the same clear way)
+# ----------------------------------------------------------------------------------------------------
+
+def check_input(x: Tensor) -> Tensor:
+    """Validate a calibration batch and return it detached as float32 (what torch.ao observers use)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); a calibrator needs at least one value")
+    x = x.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or Inf; calibrate on finite values only")
+    return x
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """`value` must be an int (not a bool) with low <= value (<= high)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
+    """`value` must be a real number in (low, high] (or [low, high] with low_open=False)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if math.isnan(value) or too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+    return value
+
+
+def check_axis(axis: object) -> int | None:
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise TypeError(f"axis must be None (per-tensor) or an int (per-channel), got {axis!r}")
+    return axis
+
+
+def aminmax(x: Tensor, axis: int | None) -> tuple[Tensor, Tensor]:
+    """(min, max) of x: 0-d tensors if axis is None, else one value per index along `axis`.
+
+    Per-channel follows torch.ao's PerChannelMinMaxObserver: move `axis` to the front, flatten the rest.
+    """
+    if axis is None:
+        return torch.aminmax(x)
+    if not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis={axis} is out of range for x of shape {tuple(x.shape)}")
+    y = x.movedim(axis, 0).reshape(x.shape[axis], -1)  # (C, everything else)
+    return torch.aminmax(y, dim=1)

@@ -1,0 +1,66 @@
+"""MovingAverageMinMax: an exponential moving average of each batch's min and max.
+
+Used by torch.ao.quantization for activations during quantization-aware training
+(`MovingAverageMinMaxObserver`, per channel `MovingAveragePerChannelMinMaxObserver`): the first batch
+initialises the range, and every later batch pulls it a fraction c of the way towards its own range:
+
+    m_1 = min(x_1),    m_t = m_{t-1} + c * (min(x_t) - m_{t-1})      (same for the max)
+
+With c = 0.01 the range forgets slowly, so a single batch with an outlier moves it by only 1% of the
+outlier's excess, unlike MinMax, which keeps the outlier forever. After enough batches from a fixed
+distribution the range converges to the *average* batch min/max, which is inside the global min/max.
+
+Values match torch.ao's `min_val` / `max_val` exactly (same float32 arithmetic, same order).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from qlab.calibrators.base import (
+    CalibrationResult, Calibrator, aminmax, check_axis, check_float, check_input,
+)
+
+
+class MovingAverageMinMax(Calibrator):
+    """Exponential moving average of batch min / max, per tensor (axis=None) or per channel on `axis`.
+
+    averaging_constant: c in (0, 1]; c = 1 keeps only the last batch.
+    Reference: torch.ao.quantization.MovingAverageMinMaxObserver and
+    MovingAveragePerChannelMinMaxObserver(ch_axis=axis).
+    """
+
+    name = "moving_average"
+
+    def __init__(self, averaging_constant: float = 0.01, axis: int | None = None) -> None:
+        self.averaging_constant = check_float("averaging_constant", averaging_constant, 0.0, 1.0)
+        self.axis = check_axis(axis)
+        self.reset()
+
+    def reset(self) -> None:
+        self.min_val: Tensor | None = None  # 0-d, or (C,) per channel
+        self.max_val: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        x = check_input(x)
+        cur_min, cur_max = aminmax(x, self.axis)
+        if self.min_val is None:
+            self.min_val, self.max_val = cur_min, cur_max
+            return
+        if cur_min.shape != self.min_val.shape:
+            raise ValueError(
+                f"x has {cur_min.numel()} channels along axis={self.axis}, but earlier batches had "
+                f"{self.min_val.numel()}; per-channel calibration needs the same channel count"
+            )
+        c = self.averaging_constant
+        self.min_val = self.min_val + c * (cur_min - self.min_val)
+        self.max_val = self.max_val + c * (cur_max - self.max_val)
+
+    def compute(self) -> CalibrationResult:
+        if self.min_val is None:
+            raise self._no_data_error()
+        return CalibrationResult(lo=self.min_val.clone(), hi=self.max_val.clone(), curve=None,
+                                 name=self.name)
+
+    def _params(self) -> dict[str, object]:
+        return {"averaging_constant": self.averaging_constant, "axis": self.axis}

@@ -1,0 +1,92 @@
+"""MSE calibration: choose the clip threshold that minimises the squared fake-quantization error.
+
+Clipping trades two errors: a small amax rounds the bulk finely but saturates the tail, a large amax
+keeps the tail but rounds everything coarsely. MSE calibration measures both directly: for each
+candidate amax, fake-quantize the data and sum the squared error; keep the best candidate.
+
+Method of NVIDIA pytorch-quantization `_compute_amax_mse` (pytorch_quantization/calib/histogram.py;
+also TensorRT Model Optimizer), on the streaming |x| histogram (histogram.py) with n bins: every value
+is represented by its bin centre c_j with weight counts_j, and
+
+    for each candidate k = start_bin .. n-1:  amax = c_k
+        q(c) = clamp(round(c * s), qmin, qmax) / s,   s = qmax / amax,  qmax = 2^(bits-1) - 1
+                                                      (2^bits - 1 if unsigned; narrow range [-qmax, qmax])
+        mse_k = mean_j (q(c_j) - c_j)^2 * counts_j
+    amax = c_k*, k* the FIRST minimiser.
+
+The fake quantization runs in float32 like the reference (`fake_tensor_quant`); all candidates are
+evaluated at once as a (candidates, bins) matrix, in blocks to bound memory, summed in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qlab.calibrators.base import check_bool, check_int
+from qlab.calibrators.histogram import HistogramCalibrator
+
+_MAX_BLOCK = 1 << 21  # elements of one (candidates, bins) block
+_AMAX_EPS = 1.0 / (1 << 24)  # the reference quantizes everything to 0 for amax <= 2^-24
+
+
+def fake_quant_error_curve(counts: Tensor, centers: Tensor, candidates: Tensor, qmax: int) -> Tensor:
+    """mse_k = mean_j (q_k(c_j) - c_j)^2 * counts_j for each candidate amax_k (float64 (n_cand,)).
+
+    counts: (n,); centers: float32 (n,) >= 0; candidates: float32 (n_cand,) amax values > 0.
+    """
+    n = centers.numel()
+    weights = counts.to(torch.float32)
+    losses = torch.empty(candidates.numel(), dtype=torch.float64)
+    block = max(1, _MAX_BLOCK // n)
+    for s in range(0, candidates.numel(), block):
+        amax = candidates[s:s + block, None]                          # (B, 1)
+        scale = qmax / amax                                           # (B, 1) float32
+        codes = (centers[None, :] * scale).round().clamp(max=qmax)    # (B, n); centres >= 0: no qmin
+        dequant = torch.where(amax > _AMAX_EPS, codes / scale, torch.zeros_like(codes))
+        sq_err = (dequant - centers[None, :]) ** 2 * weights[None, :]  # (B, n)
+        losses[s:s + block] = sq_err.sum(dim=1, dtype=torch.float64) / n
+    return losses
+
+
+class MSE(HistogramCalibrator):
+    """amax minimising the histogram-weighted squared fake-quant error over bin-centre candidates.
+
+    bits / unsigned: the grid the error is measured on (symmetric narrow range, or [0, 2^bits - 1]).
+    start_bin: the first candidate centre. symmetric: report [-amax, amax] (True) or the observed
+    [min, max] clipped to [-amax, amax] (False, for an affine quantizer; the search is the same).
+    unsigned reports [0, amax]. Returns curve = (candidate amax values, mse).
+    Reference: NVIDIA pytorch-quantization HistogramCalibrator.compute_amax("mse").
+    """
+
+    name = "mse"
+
+    def __init__(self, bits: int = 8, num_bins: int = 2048, start_bin: int = 128,
+                 symmetric: bool = True, unsigned: bool = False) -> None:
+        self.bits = check_int("bits", bits, 2, 16)
+        self.symmetric = check_bool("symmetric", symmetric)
+        self.unsigned = check_bool("unsigned", unsigned)
+        super().__init__(num_bins)
+        self.start_bin = check_int("start_bin", start_bin, 0, self.num_bins - 1)
+
+    def _search(self, counts: Tensor, edges: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        edges = edges.to(torch.float32)
+        centers = (edges[1:] + edges[:-1]) / 2                        # (n,) float32, as the reference
+        candidates = centers[self.start_bin:]                         # (n_cand,) start_bin < n
+        qmax = (1 << (self.bits - 1 + int(self.unsigned))) - 1
+        losses = fake_quant_error_curve(counts, centers, candidates, qmax)
+        best = int(torch.argmin(losses))
+        return candidates[best], (candidates.to(torch.float64), losses)
+
+    def _range(self, amax: Tensor) -> tuple[Tensor, Tensor]:
+        if self.unsigned:
+            return torch.zeros_like(amax), amax
+        if self.symmetric:
+            return -amax, amax
+        lo = torch.clamp(torch.tensor(self.histogram.min_seen, dtype=torch.float32), min=-amax)
+        hi = torch.clamp(torch.tensor(self.histogram.max_seen, dtype=torch.float32), max=amax)
+        return lo, hi
+
+    def _params(self) -> dict[str, object]:
+        return {"bits": self.bits, "num_bins": self.num_bins, "start_bin": self.start_bin,
+                "symmetric": self.symmetric, "unsigned": self.unsigned}

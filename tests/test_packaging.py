@@ -1,0 +1,49 @@
+"""The install: environment.yml and pyproject.toml list the same packages; kernels import as qlab.kernels."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_agrees_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | {r for extra in project["optional-dependencies"].values() for r in extra}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {r for r in pip if not r.startswith("-e")}
+    assert {_name(r): r for r in listed} == {_name(r): r for r in wanted}
+    assert "torch==2.13.0" in listed  # pinned: an unpinned torch pulls CUDA wheels
+
+
+def test_kernels_folder_installs_as_qlab_kernels():
+    import qlab.kernels
+
+    assert Path(qlab.kernels.__file__).resolve().parent == ROOT / "kernels"
+
+
+def test_cli_info_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "qlab", "info"], capture_output=True, text=True, check=True).stdout
+    assert "torch" in out and "Triton mode" in out and "GPU" in out
+
+
+def test_ci_runs_make_test_only():
+    lines = [l for l in (ROOT / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert lines[-1].strip() == "make test"
+
+
+def test_every_subpackage_is_listed_for_installation():
+    """A subpackage missing from pyproject's list works in the editable install but not from a wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"qlab." + p.parent.relative_to(ROOT / "qlab").as_posix().replace("/", ".")
+             for p in (ROOT / "qlab").rglob("__init__.py") if p.parent != ROOT / "qlab"}
+    assert found | {"qlab", "qlab.kernels"} == listed
