@@ -1,0 +1,74 @@
+# %% [markdown]
+# # 0 · Number formats: how a number is stored
+#
+# Quantization is a change of number format. Before quantizing a whole model, look at how one number
+# is stored in each format a model can use, and what each costs in memory.
+#
+# A floating-point number is `(-1)^sign × 2^(exponent − bias) × 1.mantissa` (IEEE 754): the **exponent**
+# bits buy range, the **mantissa** bits buy precision. bf16 keeps fp32's 8 exponent bits and cuts the
+# mantissa to 7; fp16 has 5 and 10. The 8-bit formats of Micikevicius et al. 2022 (*FP8 Formats for Deep
+# Learning*) split 8 bits as e4m3 (max 448, more precision) or e5m2 (max 57344, more range).
+#
+# An integer format stores a code `q` and one shared **scale** per tensor (or per row, per group):
+# `x ≈ q × scale` with `scale = absmax / (2^(b−1) − 1)`. Its precision is uniform, set by the scale.
+#
+# The code lives in `qlab/number_formats.py` (tables), `qlab/minifloat.py` (exact float simulation)
+# and `qlab/sizes.py` (bits per weight).
+
+# %%
+from qlab.number_formats import compare_formats, format_store_table, memory_table, format_memory_table, ALL_FORMATS
+
+# %% [markdown]
+# ## One number in every format
+# `0.1` has no exact binary representation. Each format keeps the nearest value it can (round to
+# nearest, ties to even). Integers here share a scale set by a tensor whose largest magnitude is 4.
+
+# %%
+print(format_store_table(compare_formats(0.1, absmax=4.0)))
+
+# %% [markdown]
+# A large number shows the other side: fp16 and e4m3 **saturate** (qlab clips to the largest finite
+# value: PyTorch's fp16 and e5m2 casts give `inf` instead), while bf16 and e5m2 still have range.
+# The integer formats, whose scale is set by this tensor's absmax of 1000, store it exactly: their
+# trouble is the *small* values, which all share the same coarse step of 1000/127.
+
+# %%
+print(format_store_table(compare_formats(1000.0, absmax=1000.0)))
+print()
+print(format_store_table(compare_formats(3.0, absmax=1000.0)))
+
+# %% [markdown]
+# ## Type a number
+# Change the value in the box: the table follows. (The function behind the widget is
+# `qlab.number_formats.compare_formats`, tested in `tests/test_number_formats.py`.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import ipywidgets as widgets
+
+@widgets.interact(value=widgets.FloatText(value=3.14159), absmax=widgets.FloatText(value=4.0))
+def show(value, absmax):
+    print(format_store_table(compare_formats(value, absmax=absmax)))
+
+# %% [markdown]
+# ## What a model costs
+# Memory of the weights alone = parameters × bits per weight / 8. Quantized formats add their scales
+# (and zero points): 4-bit weights with an fp16 scale and an fp16 zero point per group of 128 weights
+# cost `4 + 32/128 = 4.25` bits per weight. A 70-billion-parameter model:
+
+# %%
+print(format_memory_table(memory_table(70e9)))
+
+# %% [markdown]
+# And the small Transformer that ships with qlab (notebook 5 quantizes it):
+
+# %%
+from qlab.model import GPT, PRESETS
+n = GPT(PRESETS["small"]).num_parameters()
+print(f"{n:,} parameters")
+print(format_memory_table(memory_table(n)))
+
+# %% [markdown]
+# **Take-away.** Fewer bits mean less memory and memory traffic, and a coarser grid. The rest of the
+# tutorial is about spending those few levels where the values are: choosing the scale (notebook 1),
+# the range (2), who shares a scale (3) and the grid's shape (4).
