@@ -59,8 +59,15 @@ def _batch(data: torch.Tensor, batch_size: int, T: int, g: torch.Generator) -> t
 
 
 def machine_description() -> str:
+    """E.g. 'AMD EPYC ... (x86_64), 2 CPU cores, no GPU': what a measured figure was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores, {cuda}"
+    return f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {cuda}"
 
 
 def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progress: bool = True,
