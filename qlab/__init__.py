@@ -18,3 +18,8 @@ from qlab.codebook import Codebook
 # Calibrators / observers: MinMax, MovingAverageMinMax, Percentile, Entropy (KL), MSE.
 from qlab import calibrators
 from qlab.calibrators import CALIBRATORS, CalibrationResult, make_calibrator
+
+# Quantized layers, the model swap, and round-to-nearest (the baseline of every algorithm).
+from qlab.layers import FP8Linear, LLMInt8Linear, QuantRecipe, W8A8Linear, WeightOnlyLinear
+from qlab.layers.swap import model_size_bytes, quantize_model
+from qlab.algorithms.rtn import rtn_quantize

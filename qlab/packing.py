@@ -67,9 +67,9 @@ def pack(codes: Tensor, bits: int, dim: int = -1) -> Tensor:
     if pad:
         c = F.pad(c, (0, pad))                                  # (..., L + pad), zero codes
     c = c.reshape(c.shape[:-1] + (-1, per_unit))                # (..., units, per_unit)
-    shifts = torch.arange(per_unit, dtype=torch.int32) * bits   # bit offset of each code in its unit
+    shifts = torch.arange(per_unit, dtype=torch.int32, device=c.device) * bits  # bit offset of each code in its unit
     word = (c << shifts).sum(dim=-1, dtype=torch.int32)         # (..., units): fields do not overlap
-    byte_shifts = torch.arange(unit_bytes, dtype=torch.int32) * 8
+    byte_shifts = torch.arange(unit_bytes, dtype=torch.int32, device=c.device) * 8
     packed = (word.unsqueeze(-1) >> byte_shifts) & 0xFF         # (..., units, unit_bytes), little-endian
     packed = packed.reshape(packed.shape[:-2] + (-1,))          # (..., units * unit_bytes)
     return packed.to(torch.uint8).movedim(-1, dim).contiguous()
@@ -94,9 +94,9 @@ def unpack(packed: Tensor, bits: int, dim: int = -1, size: int | None = None) ->
                          f"packed bytes with bits={bits}, got {size!r}")
     p = packed.movedim(dim, -1).to(torch.int32)                 # (..., bytes)
     p = p.reshape(p.shape[:-1] + (-1, unit_bytes))              # (..., units, unit_bytes)
-    byte_shifts = torch.arange(unit_bytes, dtype=torch.int32) * 8
+    byte_shifts = torch.arange(unit_bytes, dtype=torch.int32, device=p.device) * 8
     word = (p << byte_shifts).sum(dim=-1, dtype=torch.int32)    # (..., units)
-    shifts = torch.arange(per_unit, dtype=torch.int32) * bits
+    shifts = torch.arange(per_unit, dtype=torch.int32, device=p.device) * bits
     codes = (word.unsqueeze(-1) >> shifts) & (2 ** bits - 1)    # (..., units, per_unit)
     codes = codes.reshape(codes.shape[:-2] + (-1,))[..., :size]  # (..., size)
     return codes.to(torch.uint8).movedim(-1, dim).contiguous()
