@@ -11,3 +11,4 @@
 """
 
 from qlab.algorithms.rtn import rtn_quantize
+from qlab.algorithms.gptq import GPTQ, GPTQResult, gptq_naive, gptq_quantize_model  # not gptq(): it would shadow the module
