@@ -1,0 +1,33 @@
+"""Shared pytest setup.
+
+Without a CUDA GPU, Triton kernels can still run on the CPU in Triton's interpreter, which is chosen
+when the kernels are defined (at ``import triton`` / ``@triton.jit`` time). So the switch is set here,
+before any test module imports triton. torch's CPU build does not import triton itself.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Largest |actual - expected| / max |expected| accepted for a product computed in each output dtype.
+# bf16 is loose because of its 8-bit mantissa (and Triton's interpreter truncates fp32 -> bf16).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture
+def assert_rel_close():
+    """Check ``actual`` against ``expected`` with the relative tolerance of ``dtype`` (default: actual's)."""
+
+    def check(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        assert actual.shape == expected.shape, (actual.shape, expected.shape)
+        assert torch.isfinite(actual).all(), "non-finite values in the result"
+        err = (actual.double() - expected.double()).abs().max()
+        scale = expected.double().abs().max().clamp_min(1e-30)
+        tol = REL_TOL[dtype or actual.dtype]
+        assert err / scale <= tol, f"relative error {float(err / scale):.2e} > {tol:.0e}"
+
+    return check
