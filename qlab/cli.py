@@ -75,7 +75,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from qlab.kernels.bench import main as bench_main
 
-    return bench_main(args.rest)
+    return bench_main(args.rest)  # every option after `bench` belongs to the benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "bench":
+        args.rest = unknown + args.rest
     return args.func(args)
 
 
