@@ -1,0 +1,165 @@
+"""qlab.algorithms.smoothquant vs naive loops, the float model itself, capture_activations and plain W8A8."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from qlab.algorithms.smoothquant import (collect_smoothing_groups, smooth_model, smoothing_effect,
+                                         smoothing_scales, smoothquant_quantize_model)
+from qlab.calibrators.base import CalibrationResult
+from qlab.capture import capture_activations
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.layers.w8a8 import W8A8Linear
+from qlab.model import GPT, PRESETS
+
+GEN = torch.Generator().manual_seed(0)
+CALIB = torch.randint(0, 256, (8, 64), generator=GEN)
+HELD_OUT = torch.randint(0, 256, (4, 64), generator=GEN)
+OUTLIERS = [3, 17, 40]
+
+
+def outlier_gpt(factor: float = 20.0) -> GPT:
+    """The tiny GPT with non-trivial norms and a few activation outlier channels (LayerNorm weight x factor)."""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+        for blk in model.blocks:
+            blk.ln_1.weight[OUTLIERS] *= factor
+            blk.ln_2.weight[OUTLIERS] *= factor
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).pow(2).mean())
+
+
+def test_scales_match_a_naive_loop():
+    g = torch.Generator().manual_seed(1)
+    act = torch.rand(16, generator=g) * 10
+    act[5] = 0.0  # a dead channel: s is clamped at 1e-5
+    weights = [torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g) * 3]
+    w_absmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
+    for alpha in (0.0, 0.3, 0.5, 0.85, 1.0):
+        s = smoothing_scales(act, w_absmax, alpha)
+        for j in range(16):  # the reference's formula, one channel at a time
+            wmax = max(max(abs(float(w[n, j])) for n in range(w.shape[0])) for w in weights)
+            expected = max(float(act[j]) ** alpha / max(wmax, 1e-5) ** (1 - alpha), 1e-5)
+            assert float(s[j]) == pytest.approx(expected, rel=1e-5)
+    alphas = torch.tensor([0.0, 0.5, 1.0])
+    batch = smoothing_scales(act, w_absmax, alphas)
+    assert batch.shape == (3, 16)
+    for i, a in enumerate(alphas.tolist()):
+        assert torch.allclose(batch[i], smoothing_scales(act, w_absmax, a))
+
+
+def test_smoothing_effect_alpha_extremes():
+    g = torch.Generator().manual_seed(2)
+    act, w = torch.rand(32, generator=g) * 50 + 0.1, torch.rand(32, generator=g) + 0.01
+    half = smoothing_effect(act, w, 0.5)
+    assert torch.allclose(half["act_absmax"], half["weight_absmax"], rtol=1e-5)  # difficulty shared equally
+    assert torch.allclose(half["act_absmax"], (act * w).sqrt(), rtol=1e-5)
+    assert torch.allclose(smoothing_effect(act, w, 1.0)["act_absmax"], torch.ones(32), rtol=1e-5)
+    assert torch.allclose(smoothing_effect(act, w, 0.0)["weight_absmax"], torch.ones(32), rtol=1e-5)
+    # the product act_max * w_max per channel is invariant: smoothing only moves it
+    for a in (0.0, 0.25, 0.75):
+        e = smoothing_effect(act, w, a)
+        assert torch.allclose(e["act_absmax"] * e["weight_absmax"], act * w, rtol=1e-5)
+
+
+def test_smooth_model_keeps_the_float_output_and_the_callers_model():
+    model = outlier_gpt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    smoothed = smooth_model(model, CALIB, alpha=0.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed although inplace=False"
+    with torch.no_grad():
+        assert rel_err(smoothed(HELD_OUT), model(HELD_OUT)) < 1e-5
+    assert not torch.equal(smoothed.blocks[0].ln_1.weight, model.blocks[0].ln_1.weight)
+    assert torch.equal(smoothed.ln_f.weight, model.ln_f.weight)  # ln_f feeds the excluded lm_head
+
+
+def test_smoothing_flattens_the_activation_channels():
+    model = outlier_gpt()
+    smoothed = smooth_model(model, CALIB, alpha=0.5)
+
+    def ratios(m: GPT) -> list[float]:  # max / median of the per-channel absmax (capture_activations as reference)
+        with capture_activations(m, layers=["*.attn.q", "*.mlp.fc"]) as stats:
+            m(CALIB)
+        return [float(s.absmax.max() / s.absmax.median()) for s in stats.values()]
+
+    for r_before, r_after in zip(ratios(model), ratios(smoothed)):
+        assert r_after < r_before / 2, (r_before, r_after)
+
+
+def test_groups_statistics_match_capture_activations():
+    model = outlier_gpt()
+    groups = collect_smoothing_groups(model, CALIB, batch_size=3)
+    assert [g.norm for g in groups] == ["blocks.0.ln_1", "blocks.0.ln_2", "blocks.1.ln_1", "blocks.1.ln_2"]
+    with capture_activations(model) as stats:
+        model(CALIB)
+    for g in groups:
+        assert torch.equal(g.act_absmax, stats[g.linears[0]].absmax)
+        mods = dict(model.named_modules())
+        w = torch.cat([mods[n].weight for n in g.linears]).abs().amax(dim=0)
+        assert torch.equal(g.weight_absmax, w)
+
+
+@pytest.mark.parametrize("act,recipe_act", [("per_token", "dynamic"), ("per_tensor", "static")])
+def test_smoothquant_beats_plain_w8a8_with_outliers(act, recipe_act):
+    model = outlier_gpt()
+    with torch.no_grad():
+        ref = model(HELD_OUT)
+        if act == "per_tensor":  # plain static W8A8: per-tensor absmax of every input (capture_activations)
+            with capture_activations(model, layers="blocks.*") as stats:
+                model(CALIB)
+            plain = quantize_model(model, QuantRecipe("w8a8", act="static"),
+                                   act_ranges={n: _per_tensor(s) for n, s in stats.items()})
+        else:
+            plain = quantize_model(model, QuantRecipe("w8a8", act="dynamic"))
+        sq = smoothquant_quantize_model(model, CALIB, alpha=0.5, act=act)
+        err_plain, err_sq = mse(plain(HELD_OUT), ref), mse(sq(HELD_OUT), ref)
+    assert isinstance(sq.blocks[0].attn.q, W8A8Linear) and isinstance(sq.lm_head, nn.Linear)
+    assert err_sq < 0.7 * err_plain, (err_sq, err_plain)
+
+
+def _per_tensor(stats) -> CalibrationResult:
+    amax = stats.absmax.max()
+    return CalibrationResult(lo=-amax, hi=amax)
+
+
+def test_static_scales_equal_a_calibration_of_the_smoothed_model():
+    model = outlier_gpt()
+    sq = smoothquant_quantize_model(model, CALIB, alpha=0.6, act="per_tensor")
+    smoothed = smooth_model(model, CALIB, alpha=0.6)
+    with capture_activations(smoothed, layers="blocks.*") as stats:  # a second pass, as the reference does
+        smoothed(CALIB)
+    mods = dict(sq.named_modules())
+    for name, s in stats.items():
+        assert float(mods[name].act_scale) == pytest.approx(float(s.absmax.max()) / 127, rel=1e-5)
+
+
+def test_errors():
+    model = outlier_gpt()
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_model(model, CALIB, alpha=1.5)
+    with pytest.raises(ValueError, match="alpha"):
+        smoothing_scales(torch.ones(3), torch.ones(3), -0.1)
+    with pytest.raises(ValueError, match="act must be"):
+        smoothquant_quantize_model(model, CALIB, act="per_channel")
+    with pytest.raises(ValueError, match="non-empty"):
+        smooth_model(model, CALIB[:0])
+    with pytest.raises(TypeError, match="integer"):
+        smooth_model(model, CALIB.float())
+    with pytest.raises(ValueError, match="same length"):
+        smoothing_scales(torch.ones(3), torch.ones(4))
