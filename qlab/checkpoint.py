@@ -74,7 +74,8 @@ def outlier_figures(model: GPT, n_samples: int = 32, length: int = 256, seed: in
     return [row.to_dict() for row in outlier_report(stats)]
 
 
-TRAINING_FIELDS = ("steps", "tokens_seen", "train_config", "training_time_s", "machine", "threads", "history")
+TRAINING_FIELDS = ("steps", "tokens_seen", "train_config", "training_time_s", "machine", "threads", "training_notes",
+                   "history")
 
 
 def measure_card(model: GPT, weights: Path, training: dict) -> dict:
