@@ -26,6 +26,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/qlab info
+	bash tools/install_browser.sh
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider
 

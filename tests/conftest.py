@@ -31,3 +31,9 @@ def assert_rel_close():
         assert err / scale <= tol, f"relative error {float(err / scale):.2e} > {tol:.0e}"
 
     return check
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers used in tests/ (so ``-m "not browser"`` works and no warning is raised)."""
+    config.addinivalue_line("markers", "browser: drives a real JupyterLab in headless Chromium "
+                                       "(tests/test_browser.py; skipped without playwright or /usr/bin/chromium)")

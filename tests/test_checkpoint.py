@@ -49,9 +49,9 @@ def test_beats_the_byte_unigram_baseline_by_a_wide_margin(model):
 
 
 def test_generation_is_reproducible_and_looks_like_python(model):
-    a = generate(model, "import os\n\ndef ", 120, temperature=0.8, top_k=40, seed=1)
-    assert a == generate(model, "import os\n\ndef ", 120, temperature=0.8, top_k=40, seed=1)
-    greedy = generate(model, "    def __init__(self", 150)
+    a = generate(model, "import os\n\ndef ", 40, temperature=0.8, top_k=40, seed=1)
+    assert a == generate(model, "import os\n\ndef ", 40, temperature=0.8, top_k=40, seed=1)
+    greedy = generate(model, "    def __init__(self", 60)
     assert "self" in greedy[len("    def __init__(self"):] or "return" in greedy
 
 
