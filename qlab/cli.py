@@ -5,6 +5,7 @@
     qlab card                 re-measure the shipped checkpoint's model card (perplexities, outliers, sample)
     qlab demo                 headless demo: load the model, quantize one weight, show perplexity and text
     qlab bench [...]          kernel benchmark (GPU), or the roofline model without one
+    qlab ptq --method M [...] quantize the shipped model with one method (or --all) and print the scoreboard
 """
 
 from __future__ import annotations
@@ -78,6 +79,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)  # every option after `bench` belongs to the benchmark
 
 
+def _group_size(value: str) -> int | None:
+    if value.lower() in ("none", "channel", "per-channel"):
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"group size must be a positive int or 'channel', got {value!r}")
+    return size
+
+
+def cmd_ptq(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from qlab import scoreboard as sb
+    from qlab.checkpoint import load_model
+
+    if args.all == (args.method is not None):
+        raise SystemExit("qlab ptq: give either --method or --all")
+    model = load_model()
+    mode = "fast" if args.fast else "full"
+    if args.all:
+        rows = sb.run_standard_set(model, mode=mode, calib_samples=args.calib, seed=args.seed)
+        out = Path(args.out_dir)
+        json_path = sb.save_json(rows, out / f"scoreboard-{sb.machine_slug()}.json")
+        png_path = json_path.with_suffix(".png")
+        sb.plot_pareto(rows).savefig(png_path, dpi=120)
+        print(sb.scoreboard(rows))
+        print(f"wrote {json_path} and {png_path}")
+    else:
+        wbits = args.wbits
+        if args.method != "mixed" and wbits is not None:
+            if wbits != int(wbits):
+                raise SystemExit(f"qlab ptq: --wbits must be an integer for --method {args.method}, got {wbits:g}")
+            wbits = int(wbits)
+        rows = [sb.run_method(model, "float", mode=mode)]
+        if args.method != "float":
+            rows.append(sb.run_method(model, args.method, wbits, args.group_size, args.abits, act=args.act,
+                                      calib_samples=args.calib, seed=args.seed, mode=mode, alpha=args.alpha,
+                                      float_perplexity=rows[0].perplexity))
+        print(sb.scoreboard(rows))
+    if args.json:
+        print(f"wrote {sb.save_json(rows, args.json)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qlab", description="qlab: a workbench for teaching quantization")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="kernel benchmark", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
+    q = sub.add_parser("ptq", help="post-training quantization of the shipped model, measured")
+    q.add_argument("--method", choices=("float", "rtn", "gptq", "awq", "smoothquant", "w8a8", "llm_int8", "fp8",
+                                        "mixed"), default=None)
+    q.add_argument("--all", action="store_true", help="the standard set of methods, one combined table")
+    q.add_argument("--wbits", type=float, default=None,
+                   help="weight bits (2, 3, 4, 8; default 4); for --method mixed the average-bits budget")
+    q.add_argument("--group-size", type=_group_size, default=128, help="group size, or 'channel' (default 128)")
+    q.add_argument("--abits", type=int, default=None, help="activation bits (8 for the W8A8 methods)")
+    q.add_argument("--act", choices=("per_token", "per_tensor"), default="per_token",
+                   help="activation scales of w8a8 / smoothquant")
+    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    q.add_argument("--calib", type=int, default=128, help="calibration samples (windows of the train split)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--fast", action="store_true", help="fast perplexity (a fixed subset of the test split)")
+    q.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    q.add_argument("--out-dir", default="benchmarks/results", help="where --all writes scoreboard-<machine>.json/.png")
+    q.set_defaults(func=cmd_ptq)
     return p
 
 

@@ -1,0 +1,174 @@
+"""Post-training quantization on the shipped model: how long the methods take, and the quality bars.
+
+Prints, measured in one run on the machine named in the first line:
+1. time to quantize the whole model with GPTQ (w4 g128), AWQ (w4 g128) and SmoothQuant (W8A8) from 128
+   calibration samples (target: < 60 s each on 2 CPU cores);
+2. 8-bit per-channel RTN against float (target: within 1% perplexity);
+3. the bit width where per-group (128) RTN starts failing: the largest of 4, 3, 2 bits at which it loses
+   >= 10% perplexity, and the part of RTN's gap there that GPTQ and AWQ recover (targets >= 50%, >= 30%),
+   recovered = (ppl_RTN - ppl_method) / (ppl_RTN - ppl_float);
+4. SmoothQuant against naive W8A8 at the same activation granularity (per token, per tensor);
+5. QAT at that bit width (``--qat-steps`` steps of ``qlab.algorithms.qat``): its recovered part of the gap,
+   with the control a fair comparison needs: the float model fine-tuned as long, then rounded (RTN);
+6. mixed precision: sensitivity pass, search and measurement times (targets: search < 50 ms, measuring
+   a plan < 2 s), and plans at the effective bits of uniform 4- and 3-bit RTN, against those.
+
+    python benchmarks/bench_ptq.py [--fast] [--qat-steps 300] [--no-control] [--skip-mixed]
+
+Perplexities are on the full test split (``--fast``: the fixed fast subset). Results also go to
+benchmarks/results/ptq-<machine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from qlab import scoreboard as sb
+from qlab.algorithms.mixed_precision import layer_sensitivity, measure_plan, search_plan
+from qlab.algorithms.qat import convert_qat, prepare_qat, train_qat
+from qlab.checkpoint import load_model
+from qlab.evaluate import perplexity
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.model import GPT, PRESETS
+from qlab.train import machine_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def recovered(rtn: float, method: float, float_ppl: float) -> float:
+    """Part of RTN's perplexity gap to float that a method closes (1 = all of it)."""
+    return (rtn - method) / (rtn - float_ppl)
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def load(state: str | None) -> GPT:
+    if state is None:
+        return load_model()
+    model = GPT(PRESETS["small"])
+    model.load_state_dict(torch.load(state, weights_only=False)["model"])
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fast", action="store_true", help="fast perplexity (fixed subset of the test split)")
+    ap.add_argument("--calib", type=int, default=128, help="calibration samples")
+    ap.add_argument("--qat-steps", type=int, default=300)
+    ap.add_argument("--qat-lr", type=float, default=3e-4)
+    ap.add_argument("--qat-batch", type=int, default=16)
+    ap.add_argument("--no-control", action="store_true", help="skip the fine-tune-then-round control of QAT")
+    ap.add_argument("--skip-mixed", action="store_true", help="skip the mixed-precision part")
+    ap.add_argument("--state", default=None, help="a train_state.pt to use instead of the shipped checkpoint")
+    args = ap.parse_args(argv)
+    mode = "fast" if args.fast else "full"
+    machine = machine_description()
+    print(f"machine: {machine}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"perplexity: test split, {mode}")
+    model = load(args.state)
+    out: dict = {"machine": machine, "mode": mode, "calib_samples": args.calib}
+
+    def run(method: str, wbits=None, group_size=128, act="per_token") -> sb.ScoreRow:
+        row = sb.run_method(model, method, wbits, group_size, act=act, calib_samples=args.calib, mode=mode,
+                            float_perplexity=None if method == "float" else rows[0].perplexity)
+        rows.append(row)
+        print(f"  {sb.short_label(row):<24} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
+              f"{row.size_mb:.2f} MB, quantized in {row.quantize_s:.1f} s", flush=True)
+        return row
+
+    rows: list[sb.ScoreRow] = []
+    print("\n== rows")
+    fl = run("float")
+    rtn8 = run("rtn", 8, None)
+    rtn = {b: run("rtn", b, 128) for b in (4, 3, 2)}
+    failing = next((b for b in (4, 3, 2) if rtn[b].change_pct >= 10), 2)
+    gptq = {b: run("gptq", b, 128) for b in sorted({4, failing}, reverse=True)}
+    awq = {b: run("awq", b, 128) for b in sorted({4, failing}, reverse=True)}
+    w8a8 = {a: run("w8a8", act=a) for a in sb.ACT_MODES}
+    sq = {a: run("smoothquant", act=a) for a in sb.ACT_MODES}
+
+    print(f"\n== time to quantize the whole model from {args.calib} samples (target < 60 s each)")
+    for name, row in (("GPTQ w4 g128", gptq[4]), ("AWQ w4 g128", awq[4]), ("SmoothQuant W8A8", sq["per_token"])):
+        print(f"  {name:<18} {row.quantize_s:6.1f} s   {verdict(row.quantize_s < 60)}")
+
+    print("\n== quality bars")
+    print(f"  RTN 8-bit per-channel vs float: {rtn8.change_pct:+.2f}%   {verdict(abs(rtn8.change_pct) <= 1)}")
+    print(f"  per-group RTN loses >= 10% first at {failing} bits ({rtn[failing].change_pct:+.1f}%; "
+          + ", ".join(f"{b} bits {rtn[b].change_pct:+.1f}%" for b in (4, 3, 2)) + ")")
+    g_rec = recovered(rtn[failing].perplexity, gptq[failing].perplexity, fl.perplexity)
+    a_rec = recovered(rtn[failing].perplexity, awq[failing].perplexity, fl.perplexity)
+    print(f"  GPTQ recovers {100 * g_rec:.0f}% of RTN's gap at {failing} bits   {verdict(g_rec >= 0.5)} (>= 50%)")
+    print(f"  AWQ  recovers {100 * a_rec:.0f}% of RTN's gap at {failing} bits   {verdict(a_rec >= 0.3)} (>= 30%)")
+    for a in sb.ACT_MODES:
+        print(f"  W8A8 {a.replace('_', '-'):<10} naive {w8a8[a].change_pct:+.2f}%  "
+              f"SmoothQuant {sq[a].change_pct:+.2f}%")
+    out["quality"] = {"failing_bits": failing, "gptq_recovered": g_rec, "awq_recovered": a_rec}
+
+    print(f"\n== QAT at {failing} bits g128: {args.qat_steps} steps, lr {args.qat_lr:g}, batch {args.qat_batch}")
+    recipe = QuantRecipe(bits=failing, group_size=128)
+    t0 = time.perf_counter()
+    qat = prepare_qat(model, recipe.weight_spec())
+    history = train_qat(qat, steps=args.qat_steps, lr=args.qat_lr, batch_size=args.qat_batch, progress=False)
+    qat_ppl = perplexity(convert_qat(qat), "test", mode).perplexity
+    q_rec = recovered(rtn[failing].perplexity, qat_ppl, fl.perplexity)
+    print(f"  QAT {qat_ppl:.4f} (RTN {rtn[failing].perplexity:.4f}, float {fl.perplexity:.4f}): recovers "
+          f"{100 * q_rec:.0f}% of the gap; train loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}, "
+          f"{time.perf_counter() - t0:.0f} s")
+    out["qat"] = {"bits": failing, "steps": args.qat_steps, "lr": args.qat_lr, "perplexity": qat_ppl,
+                  "recovered": q_rec}
+    if not args.no_control:
+        tuned = copy.deepcopy(model)
+        train_qat(tuned, steps=args.qat_steps, lr=args.qat_lr, batch_size=args.qat_batch, progress=False,
+                  require_qat=False)
+        tuned_ppl = perplexity(tuned, "test", mode).perplexity
+        control = sb.run_method(tuned, "rtn", failing, 128, mode=mode, float_perplexity=fl.perplexity)
+        print(f"  control: float fine-tuned as long {tuned_ppl:.4f}, then RTN {control.perplexity:.4f} "
+              f"(recovers {100 * recovered(rtn[failing].perplexity, control.perplexity, fl.perplexity):.0f}%): "
+              f"QAT {'beats' if qat_ppl < control.perplexity else 'does NOT beat'} fine-tune-then-round")
+        out["qat"].update(control_float=tuned_ppl, control_rtn=control.perplexity)
+
+    if not args.skip_mixed:
+        print("\n== mixed precision (2/3/4/8-bit g128 RTN candidates)")
+        sens = layer_sensitivity(model)
+        print(f"  sensitivities (val split, fast): {sens.seconds:.0f} s for {len(sens.layers)} layers x "
+              f"{len(sens.candidates)} candidates")
+        out["mixed"] = []
+        budgets = [(rtn[b].bits_per_weight, f"uniform {b}-bit RTN", rtn[b]) for b in (4, 3)]
+        budgets.append((rtn[failing].bits_per_weight + 0.5, f"{failing}-bit + 0.5", None))
+        for budget, what, uniform in budgets:
+            t0 = time.perf_counter()
+            plan = search_plan(sens, budget)
+            search_ms = 1e3 * (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            plan = measure_plan(model, plan, sens, mode="fast")
+            measure_s = time.perf_counter() - t0
+            uniform_fast = None if uniform is None else perplexity(
+                quantize_model(model, QuantRecipe(bits=uniform.wbits, group_size=128)), "test", "fast").perplexity
+            print(f"  budget of {what}: search {search_ms:.1f} ms {verdict(search_ms < 50)}, "
+                  f"measure {measure_s:.2f} s {verdict(measure_s < 2)}")
+            print(f"    {plan.summary()}" + ("" if uniform_fast is None else
+                                             f"; uniform RTN {uniform_fast:.4f} (test, fast)"))
+            out["mixed"].append({"budget": budget, "search_ms": search_ms, "measure_s": measure_s,
+                                 "predicted": plan.predicted_perplexity, "measured": plan.measured_perplexity,
+                                 "uniform_rtn_fast": uniform_fast, "bits": dict(plan.bits)})
+
+    print("\n== scoreboard")
+    print(sb.scoreboard(rows))
+    out["rows"] = [r.to_dict() for r in rows]
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ptq-{sb.machine_slug()}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+# %% [markdown]
+# # 1 · Quantize one tensor: scale, zero point, rounding and clipping
+#
+# Take one real weight matrix of the shipped model and store it in `b` bits. A uniform quantizer maps a
+# float `x` to an integer code `q` and back (Jacob et al. 2018, *Quantization and Training of Neural
+# Networks for Efficient Integer-Arithmetic-Only Inference*; Nagel et al. 2021, *A White Paper on Neural
+# Network Quantization*, §2):
+#
+# $$q = \mathrm{clamp}\big(\mathrm{round}(x / s) + z,\ q_{min},\ q_{max}\big), \qquad \hat x = (q - z)\, s$$
+#
+# The **scale** `s` is the step between two neighbouring levels; the **zero point** `z` is the code that
+# stands for the real number 0. Both come from a clip range `[lo, hi]`:
+#
+# | | codes | scale | zero point |
+# |---|---|---|---|
+# | symmetric | $[-(2^{b-1}-1),\ 2^{b-1}-1]$ | $\max(\lvert lo\rvert, \lvert hi\rvert) / (2^{b-1}-1)$ | 0 |
+# | asymmetric | $[0,\ 2^b-1]$ | $(hi - lo) / (2^b - 1)$ | $-\mathrm{round}(lo / s)$ |
+#
+# Symmetric grids are cheaper in the matmul (no zero-point cross terms) but waste levels on a skewed
+# range; asymmetric ("affine") grids fit any range. The code: `qlab/lessons/one_tensor.py`
+# (tested in `tests/test_lessons_one_tensor.py`) on top of `qlab.quantize` and `qlab.metrics`.
+
+# %%
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+
+from qlab.checkpoint import load_model
+from qlab.lessons.one_tensor import clip_error_curve, lesson_spec, plot_one_tensor, quantize_view
+from qlab.quantize import quantize
+
+model = load_model()
+w = model.blocks[0].mlp.fc.weight.detach()  # (1024, 256): out_features x in_features
+print(f"shape {tuple(w.shape)}, min {w.min():.4f}, max {w.max():.4f}, std {w.std():.4f}")
+
+# %% [markdown]
+# ## Six numbers by hand
+# Before the whole matrix, a few values in int4. Asymmetric: the range `[min, max]` is cut into 15 steps
+# and the code 0 is `min`; the zero point is the code of 0.0. Symmetric: 15 levels centred on 0, so the
+# negative side of this skewed range leaves most negative codes unused.
+
+# %%
+x = torch.tensor([-0.20, -0.05, 0.0, 0.03, 0.11, 0.31])
+for symmetric in (False, True):
+    qt = quantize(x, lesson_spec(4, symmetric))
+    print(f"{'symmetric ' if symmetric else 'asymmetric'} scale {float(qt.scale):.4f}, zero point "
+          f"{int(qt.zero_point)}, codes {qt.codes.tolist()}, back {[round(v, 4) for v in qt.dequantize().tolist()]}")
+
+# %% [markdown]
+# ## The whole matrix
+# With the full range (`clip = 1`) nothing is clipped and the error is rounding only. Each level of
+# the grid (blue) is a value the 4-bit tensor can take; the step is the scale.
+
+# %%
+for bits in (8, 4):
+    for symmetric in (True, False):
+        print(quantize_view(w, bits, 1.0, symmetric).summary())
+
+# %%
+plot_one_tensor(quantize_view(w, 4, 1.0, True))
+plt.show()
+
+# %% [markdown]
+# ## Rounding against clipping
+# Most weights sit near 0; the largest few stretch the range. Clipping the range to a fraction
+# `clip` of it shrinks the step (less **rounding** error for the many) and saturates the tails (more
+# **clipping** error for the few). `qlab.metrics.error_split` separates the two:
+#
+# $$\mathrm{MSE} = \underbrace{\tfrac1N \sum_{lo \le x \le hi} (x - \hat x)^2}_{\text{rounding}\ \lesssim\ s^2/12}
+#   \;+\; \underbrace{\tfrac1N \sum_{x \notin [lo, hi]} (x - \hat x)^2}_{\text{clipping}}$$
+#
+# For each bit width the curve below is computed once for all 99 clip values (vectorised), so the
+# slider only reads it. The star marks the optimum. Fewer bits make rounding coarser, so the optimum
+# moves to a tighter clip (Banner et al. 2019 derive it analytically for Gaussian and Laplace data).
+
+# %%
+curves = {(b, s): clip_error_curve(w, b, s) for b in range(2, 9) for s in (True, False)}
+for (b, s), c in curves.items():
+    if s:
+        print(f"int{b} symmetric: best clip {c.best_clip:.2f}, MSE {float(c.total[c.best_index]):.3e} "
+              f"(clip 1.00: {float(c.total[-1]):.3e})")
+
+# %% [markdown]
+# ## Try it
+# Move the bit width and the clip: the grid (blue) follows, the red band is what gets clipped, and
+# on the right the dashed line shows where the clip is on the error curve.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+@widgets.interact(bits=widgets.IntSlider(value=4, min=2, max=8), symmetric=True,
+                  clip=widgets.FloatSlider(value=1.0, min=0.02, max=1.0, step=0.01))
+def show(bits, clip, symmetric):
+    view = quantize_view(w, bits, clip, symmetric)
+    plot_one_tensor(view, curves[bits, symmetric])
+    plt.show()
+    print(view.summary())
+
+# %% [markdown]
+# **Take-away.** Two numbers, scale and zero point, define the whole grid. The clip range decides how
+# they are spent: some clipping pays at every bit width, and the fewer the bits, the more (compare the
+# best MSE with the clip-1.00 MSE in the table above). Choosing that range from data is *calibration*,
+# the subject of notebook 2.

@@ -1,0 +1,104 @@
+# %% [markdown]
+# # 2 · Calibration: choosing the range of an activation
+#
+# Weights are known before inference; activations are not. A **static** quantizer fixes each
+# activation's scale in advance from a few **calibration** batches and never looks at the data again
+# (Jacob et al. 2018; Nagel et al. 2021, *A White Paper on Neural Network Quantization*, §3.1). In W8A8
+# with static per-tensor activations every linear layer computes
+#
+# $$y = s_x\, s_w \sum_k q_x[k]\, q_w[k], \qquad s_x = \frac{a_{max}}{127}, \quad q_x = \mathrm{clamp}(\mathrm{round}(x / s_x), -127, 127)$$
+#
+# and the only choice left is the threshold $a_{max}$. Five calibrators (`qlab.calibrators`) choose it:
+#
+# | calibrator | $a_{max}$ | reference |
+# |---|---|---|
+# | MinMax | max \|x\| seen | torch.ao `MinMaxObserver` |
+# | MovingAverageMinMax | moving average of the batch ranges, $m \leftarrow m + 0.01\,(m_{batch} - m)$ | torch.ao (QAT) |
+# | Percentile | the p-th percentile of \|x\| | NVIDIA pytorch-quantization |
+# | Entropy | $\arg\min_t \mathrm{KL}(P \Vert Q_t)$ on the \|x\| histogram | TensorRT (Migacz 2017, *8-bit Inference with TensorRT*) |
+# | MSE | $\arg\min_t \mathrm{E}[(x - \hat x_t)^2]$ on the histogram | pytorch-quantization, ModelOpt |
+#
+# The code: `qlab/lessons/calibration.py` (tested in `tests/test_lessons_calibration.py`).
+
+# %%
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+
+from qlab.checkpoint import load_model
+from qlab.corpus import calibration_samples, load_corpus
+from qlab.evaluate import eval_windows, perplexity_on
+from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibrate_tensor, calibration_view,
+                                      format_calibration_table, layer_input, make_calibrators, peak_to_mean,
+                                      plot_calibration, w8a8_static_perplexity, with_percentile)
+
+model = load_model()
+tokens = calibration_samples(8, 256, seed=0)  # 8 random windows of 256 bytes of the training split
+
+# %% [markdown]
+# ## Calibrate every linear input at once
+# One pass over the calibration set with every calibrator attached to the input of every linear
+# layer (`qlab.capture_activations`, 2 sequences per batch). Which input has the longest tail? The
+# ratio $\max|x| / \mathrm{mean}|x|$ says how much of a MinMax grid sits where almost no value is.
+
+# %%
+cal = calibrate_model(model, tokens, batch_size=2)
+ratios = peak_to_mean(cal.stats)
+for name in sorted(ratios, key=ratios.get, reverse=True)[:5]:
+    print(f"{name:<20} max|x| / mean|x| = {ratios[name]:6.1f}")
+layer = max(ratios, key=ratios.get)
+
+# %% [markdown]
+# ## Five thresholds on one histogram
+# The whole input of that layer on the calibration set, and the threshold each calibrator picks.
+# SQNR $= 10 \log_{10}(\sum x^2 / \sum (x - \hat x)^2)$ of this activation quantized to int8 with
+# that threshold. On the right, the curves the searching calibrators minimised (dashed: their
+# choice), and the tail $P(|x| > t)$ that a percentile cuts at $(100 - p)\%$.
+
+# %%
+x = layer_input(model, layer, tokens, batch_size=2)  # (8 * 256 tokens, in_features)
+view = calibration_view(x, calibrate_tensor(x, make_calibrators(), batch_rows=2 * 256))
+print(layer, tuple(x.shape))
+print(view.table())
+
+# %%
+plot_calibration(view, f"|x| at the input of {layer}")
+plt.show()
+
+# %% [markdown]
+# Reading the figure: MinMax keeps the single largest value and pays with a coarse step for all the
+# others. Clipping a tiny fraction of the values buys a finer step for the rest; Entropy and MSE find
+# where that stops paying. MovingAverageMinMax follows the *typical* batch maximum rather than the
+# largest one: with only 4 batches and $c = 0.01$ it stays close to the first batch's range.
+#
+# ## Try it: the percentile
+# The percentile calibrator's only knob. The figure and the table follow; `p = 100` is MinMax
+# (up to one histogram bin).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+@widgets.interact(p=widgets.SelectionSlider(options=[90, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100], value=99.99))
+def show(p):
+    pview = with_percentile(view, x, p, batch_rows=2 * 256)
+    plot_calibration(pview, f"percentile {p}")
+    plt.show()
+    print(pview.table())
+
+# %% [markdown]
+# ## What it does to the model
+# Every linear layer (except the output head) becomes `W8A8Linear`: int8 weights per output channel,
+# int8 activations with one static scale $a_{max}/127$ per layer from each calibrator
+# (`qlab.quantize_model(model, QuantRecipe("w8a8", act="static"), act_ranges=...)`). Perplexity on 8
+# windows of the test split, against the float model on the same windows.
+
+# %%
+windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast", fast_windows=8)
+float_ppl = perplexity_on(model, windows).perplexity
+ppl = {name: w8a8_static_perplexity(model, cal.ranges[name], windows) for name in CALIBRATOR_NAMES}
+print(format_calibration_table(view, ppl, float_ppl))
+
+# %% [markdown]
+# **Take-away.** The best threshold is not the largest value. A better SQNR on one layer does not
+# always mean a better model (the layers interact, and the error that matters is the output's), which
+# is why TensorRT lets you choose the calibrator and why methods such as SmoothQuant and GPTQ look
+# at more than one tensor at a time. Notebook 3 attacks the outliers differently: by giving them
+# their own scale.

@@ -1,0 +1,138 @@
+# %% [markdown]
+# # 9 · Mixed precision and quantization-aware training
+#
+# Notebooks 5-8 stopped at about 4 bits: below that, rounding every weight of every layer to the same
+# grid breaks the model, however cleverly the grid is chosen. Two ways past that wall:
+#
+# * **Mixed precision**: give each layer its own bit width. Layers are not equally sensitive (HAWQ,
+#   Dong et al. 2019, *HAWQ: Hessian AWare Quantization of Neural Networks with Mixed-Precision*), so
+#   spend the bits where they matter and save them where they do not.
+# * **Quantization-aware training (QAT)**: fine-tune the model *through* the rounding, so that its
+#   weights learn to live on the grid (Jacob et al. 2018, *Quantization and Training of Neural Networks
+#   for Efficient Integer-Arithmetic-Only Inference*; Esser et al. 2020, *Learned Step Size
+#   Quantization*, LSQ, which also learns the scales).
+#
+# The code: `qlab/lessons/mixed_qat.py` (tested in `tests/test_lessons_mixed_qat.py`) on top of
+# `qlab/algorithms/mixed_precision.py` and `qlab/algorithms/qat.py`.
+
+# %%
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+
+from qlab.algorithms.mixed_precision import layer_sensitivity
+from qlab.checkpoint import load_model
+from qlab.evaluate import perplexity
+from qlab.layers.swap import QuantRecipe
+from qlab.lessons.mixed_qat import (most_sensitive, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
+                                    uniform_points)
+
+torch.manual_seed(0)
+model = load_model()
+float_ppl = perplexity(model, "test", "fast").perplexity
+print(f"float model: test perplexity {float_ppl:.4f} (fast: 16 windows of 256 bytes)")
+
+# %% [markdown]
+# ## 1. How sensitive is each layer?
+# Quantize **one** layer $l$ with RTN at $b$ bits (groups of 128, fp32 scale and zero point), keep all
+# the others in float, and measure the change of the validation perplexity. 24 layers x 3 bit widths =
+# 72 perplexity evaluations, done once (`layer_sensitivity`, fast mode):
+#
+# $$\Delta_l(b) = \mathrm{NLL}(\text{only } l \text{ at } b \text{ bits}) - \mathrm{NLL}(\text{float}), \qquad
+#   \text{shown as } 100\,(e^{\Delta_l(b)} - 1)\,\% \text{ of perplexity.}$$
+
+# %%
+sens = layer_sensitivity(model, (2, 3, 4))
+plot_sensitivity(sens)
+plt.show()
+
+# %%
+for name, change in most_sensitive(sens, candidate=0, top=6):
+    print(f"{name:<20} 2-bit alone: {change:+6.2f}% perplexity")
+
+# %% [markdown]
+# The bars span two orders of magnitude: some layers barely notice 2 bits, others alone cost several
+# percent (here the MLP layers and the first block). At 4 bits most changes are within the noise of 16
+# windows (the small negative bars). HAWQ ranks layers by the Hessian's trace, a cheap proxy; with 24
+# layers we can simply measure.
+#
+# ## 2. A bits-per-weight budget
+# Assume the changes add up (the *additive model*: layers do not interact) and choose one bit width
+# $b_l$ per layer to minimise the predicted loss under an average budget $B$, where $n_l$ is the number
+# of weights of layer $l$ and $\mathrm{bits}(b)$ counts the scales too ($b + 64/128$ here):
+#
+# $$\min_{b_1..b_L} \sum_l \Delta_l(b_l) \quad \text{subject to} \quad \sum_l n_l\, \mathrm{bits}(b_l) \le B \sum_l n_l .$$
+#
+# This multiple-choice knapsack is solved exactly by dynamic programming over the Pareto front of
+# partial plans (`search_plan`: microseconds per budget). The plan is then built and its real test
+# perplexity measured. First, the uniform plans (every layer at the same width, plain RTN):
+
+# %%
+uniform = uniform_points(model, sens)
+for p in uniform:
+    print(f"uniform {p.bits}-bit: {p.bits_per_weight:.2f} bits/weight, perplexity {p.perplexity:.4f} "
+          f"({100 * (p.perplexity / float_ppl - 1):+.2f}%)")
+
+# %% [markdown]
+# And a mixed plan at 3 bits per weight on average, halfway between uniform 2-bit and uniform 3-bit:
+
+# %%
+view = plan_view(model, sens, 3.0, uniform, float_ppl)
+print(view.summary())
+plot_plan(view)
+plt.show()
+
+# %% [markdown]
+# The grey staircase is the additive model's prediction for every budget; the squares are uniform RTN;
+# the star is the measured plan. Where the star sits above the circle, the layers' errors compound: the
+# additive model is optimistic at very low budgets, where many layers are quantized hard at once.
+#
+# ## Try it
+# Each move searches the best plan for the budget (instant) and measures it (one fast perplexity).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+lo, hi = sens.bits_range()
+
+@widgets.interact(budget=widgets.FloatSlider(value=3.0, min=round(lo, 2), max=round(hi, 2), step=0.05,
+                                             continuous_update=False, description="bits/weight"))
+def show(budget):
+    v = plan_view(model, sens, budget, uniform, float_ppl)
+    plot_plan(v)
+    plt.show()
+    print(v.summary())
+
+# %% [markdown]
+# ## 3. Quantization-aware training
+# At 2 bits even the best bit allocation loses a lot. QAT keeps float "master" weights and, in every
+# forward pass, uses their fake-quantized copy; round() has no useful gradient, so the backward pass
+# pretends it is the identity (the **straight-through estimator**, Bengio et al. 2013):
+#
+# $$\hat W = (\mathrm{clamp}(\mathrm{round}(W/s) + z,\ 0,\ 2^b - 1) - z)\, s, \qquad y = x \hat W^\top, \qquad
+#   \frac{\partial L}{\partial W} := \frac{\partial L}{\partial \hat W} .$$
+#
+# The optimiser then nudges the float weights until their *rounded* values make the loss small; at the
+# end, the rounded weights are stored (`convert_qat`: a plain `WeightOnlyLinear` model). LSQ goes
+# further and learns $s$ by gradient descent too; `qlab.algorithms.qat` recomputes $s, z$ from the
+# weights at each step.
+#
+# A short run here: 2-bit weights (groups of 128), where RTN loses the most, a few dozen steps of 4
+# windows of 256 bytes. At every step, the QAT model (before its update), the RTN model and the float
+# model are scored on the same batch, so the noise of the batches cancels in the comparison.
+
+# %%
+curve = qat_curve(model, QuantRecipe(bits=2, group_size=128), steps=60, lr=3e-4, batch_size=4,
+                  float_perplexity=float_ppl)
+print(curve.summary())
+plot_qat(curve)
+plt.show()
+
+# %% [markdown]
+# In 60 steps (61 440 bytes of text, 0.3% of the 20 million bytes the model was trained on), QAT
+# recovers most of what 2-bit RTN lost, and the gap is still closing; LLM-QAT (Liu et al. 2023) trains
+# for thousands of steps. QAT costs a training run and its data; mixed precision costs only
+# measurements. The two combine: QAT of a mixed-precision plan.
+#
+# **Take-away.** Sensitivity differs from layer to layer, so a budget is best spent unevenly (mixed
+# precision); and when no post-training method is good enough, training through the quantizer is.
+# Notebook 10 turns from quality to speed: when do fewer bits run faster?

@@ -1,0 +1,171 @@
+# %% [markdown]
+# # 10 · Kernels and speed: when is a quantized model faster?
+#
+# Quantization promises speed, but the arithmetic of a weight-only int4 layer is the *same* fp16
+# matmul, plus unpacking. Where does the speed come from, and when does it vanish? The **roofline
+# model** (Williams, Waterman & Patterson 2009, *Roofline: an insightful visual performance model for
+# multicore architectures*) answers with two numbers per device, the memory bandwidth $B$ (bytes/s)
+# and the compute peak $P$ (flop/s):
+#
+# $$t \;\ge\; \max\Big(\frac{\text{bytes}}{B},\ \frac{\text{flops}}{P}\Big), \qquad
+#   \text{attainable flop/s} = \min(P,\ I \cdot B), \qquad I = \frac{\text{flops}}{\text{bytes}} .$$
+#
+# For $y = x W^\top$ with $x$ of shape $(M, K)$ and $W$ of shape $(N, K)$: flops $= 2MNK$, and the
+# bytes a kernel must move at least (group $G = 128$, fp16 activations and scales):
+#
+# | kind | weights | activations in | out |
+# |---|---|---|---|
+# | fp16 | $2NK$ | $2MK$ | $2MN$ |
+# | W8A16 | $NK + 2N$ | $2MK$ | $2MN$ |
+# | W4A16 | $NK/2 + 2NK/G$ | $2MK$ | $2MN$ |
+# | W8A8 | $NK + 4N$ | $MK + 4M$ | $2MN$ |
+#
+# In decoding, $M$ (tokens in flight) is small and the weights dominate: $I \approx 2M / (\text{bytes
+# per weight})$, far left of the **ridge point** $I^* = P / B$. The product is **memory-bound**: its
+# time is the time to read $W$, so 4-bit weights (0.516 byte each with their scales) can be up to
+# $2 / 0.516 = 3.9\times$ faster than fp16. With large $M$ (prefill, big batches) $I$ passes $I^*$: the
+# product is **compute-bound**, and weight-only quantization can no longer help. W8A8 is different: it
+# also doubles $P$ (int8 tensor cores). The code: `qlab/lessons/kernels_speed.py` (tested in
+# `tests/test_lessons_kernels_speed.py`) on the roofline of `qlab.kernels.bench`.
+#
+# Triton decides at import time whether its kernels run compiled (on a GPU) or in its **interpreter**
+# (on a CPU: slow, but exact), so the first cell sets `TRITON_INTERPRET=1` before anything imports
+# triton when there is no GPU.
+
+# %%
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: run the kernels in Triton's interpreter
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+
+from qlab.kernels.bench import REFERENCE_DEVICE as H200
+from qlab.lessons.kernels_speed import (KINDS, check_kernels, cpu_timing, crossover_m, find_gpu_results,
+                                        gpu_results_table, plot_cpu_timing, plot_gpu_results, plot_roofline,
+                                        ridge_point, roofline_view)
+
+torch.manual_seed(0)
+print(f"{H200.name}: B = {H200.copy_bytes_per_s / 1e12:.1f} TB/s, P = {H200.bf16_flops / 1e12:.0f} TFLOP/s bf16, "
+      f"{H200.int8_ops / 1e12:.0f} TOPS int8 ({H200.source})")
+for kind in ("fp16", "w8a8"):
+    print(f"ridge point I* for {kind}: {ridge_point(kind):.0f} flops / byte")
+
+# %% [markdown]
+# ## Intensity against M
+# A large layer of an 8B model, $N \times K = 8192 \times 8192$. For each kind, the intensity and the
+# ideal speedup over fp16 (the ratio of roofline times; W8A8 against bf16), and the first $M$ at which
+# each kind becomes compute-bound:
+
+# %%
+view = roofline_view(8192, 8192)
+print(view.table(m_values=(1, 4, 16, 64, 128, 512, 4096)))
+
+# %% [markdown]
+# Left: every (kind, M) on the roofline. Points on the slanted line are memory-bound (time = bytes /
+# bandwidth); points on a flat roof are compute-bound. Right: the ideal speedup. W4A16 holds ~3.9x
+# while memory-bound, falls from $M \approx 50$ on, and is no faster than fp16 from $M \approx 200$;
+# W8A8 ends at 2.5x, the ratio of the int8 and bf16 peaks.
+
+# %%
+plot_roofline(view, mark_m=16)
+plt.show()
+
+# %% [markdown]
+# ## Try it
+# Choose the layer shape and the number of rows $M$; the circles mark that $M$ on the roofline.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+dims = [1024, 4096, 8192, 28672]
+
+@widgets.interact(N=widgets.Dropdown(options=dims, value=4096), K=widgets.Dropdown(options=dims, value=4096),
+                  log2_M=widgets.IntSlider(value=4, min=0, max=13, description="log2 M"))
+def show(N, K, log2_M):
+    v = roofline_view(N, K)
+    plot_roofline(v, mark_m=2 ** log2_M)
+    plt.show()
+    i = v.m_values.index(2 ** log2_M)
+    print(f"M = {2 ** log2_M}: " + ", ".join(f"{k} {v.speedup[k][i]:.2f}x ({'compute' if 2 ** log2_M >= v.crossover[k] else 'memory'}-bound)" for k in KINDS))
+
+# %% [markdown]
+# ## Why a quantized model can be slower
+# The roofline is a bound, and three things keep a real quantized model from it:
+#
+# 1. **Dequantization is work.** Every weight must be unpacked (shift, mask), converted and scaled
+#    before the multiply. While memory-bound this ALU work hides under the memory time, *if* the kernel
+#    fuses it into the matmul and keeps it cheap per byte: Marlin (Frantar et al. 2024, *MARLIN:
+#    Mixed-Precision Auto-Regressive Parallel Inference on Large Language Models*) and qlab's W4A16
+#    kernel turn codes into floats with a bit trick (OR-ing a 4-bit code into the mantissa of 1024.0)
+#    instead of int-to-float conversions.
+# 2. **Large M is compute-bound.** There the weight bytes no longer matter, the best weight-only
+#    quantization can do is 1x, and dequantization makes it slower. Serving stacks therefore dequantize
+#    once and call the fp16 GEMM for prefill, and keep the int4 kernel for decoding.
+# 3. **No kernel at all.** Without a fused kernel, a quantized layer dequantizes its whole weight into
+#    float at every call and then runs the ordinary float matmul: strictly more work than float. That
+#    is qlab's plain-torch reference path, the one that runs on this CPU. Measured here, live
+#    (a 1024 x 1024 layer, float32; timings vary from run to run):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+timing = cpu_timing(N=1024, K=1024, m_values=(1, 16, 256, 2048), repeats=5)
+print(timing.table())
+plot_cpu_timing(timing)
+plt.show()
+
+# %% [markdown]
+# At $M = 1$ the float GEMV reads 4 MB once; the reference path first writes a whole float copy of the
+# weight (unpacking int4 costs more than reading int8), so it is many times slower. As $M$ grows the
+# matmul dominates both, and the ratio falls towards 1: the dequantization is paid once per call.
+#
+# ## The Triton kernels, live
+# qlab's kernels (`qlab.kernels`, one file each: `w4a16.py`, `w8a16.py`, `w8a8.py`,
+# `per_token_quant.py`) fuse the dequantization into the matmul: a tile of packed codes is loaded,
+# unpacked in registers and multiplied, and the float weight never exists in memory. Three launch
+# shapes: a GEMV without tensor cores for $M = 1$, split-K `tl.dot` tiles for $M \le 64$, a tiled GEMM
+# beyond. The quantized layers call `qlab.kernels.dispatch`, which picks the kernel on a GPU and the
+# reference on a CPU (or the interpreted kernel under `force_triton()`):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from qlab.kernels import dispatch
+
+print(dispatch.active_path())
+with dispatch.force_triton():
+    print(dispatch.active_path())
+
+# %% [markdown]
+# Each kernel against its plain-torch reference on the same seeded random inputs (fp16 activations,
+# int4 codes with groups of 64, int8 weights; W8A8 writes bf16). On a CPU these run in Triton's
+# interpreter, which executes the kernel's program instances one by one in NumPy: exact enough to
+# test, far too slow to time. The errors are the rounding of the fp16 / bf16 output, and
+# deterministic:
+
+# %%
+for check in check_kernels(shapes=((1, 64, 256), (16, 64, 256)), group_size=64):
+    print(check)
+
+# %% [markdown]
+# ## Measured on a GPU
+# `qlab bench` times every kernel against torch's fp16 / bf16 matmul on a GPU and commits the results
+# to `benchmarks/results/<device>.json`. Those committed results, if any:
+
+# %%
+results = find_gpu_results()
+if not results:
+    print("No GPU benchmark results have been committed yet (no `qlab bench` file in benchmarks/results/):\n"
+          "this notebook shows the roofline model only. Run `qlab bench` on a CUDA machine to add them.")
+for result in results:
+    print(gpu_results_table(result))
+    plot_gpu_results(result)
+    plt.show()
+
+# %% [markdown]
+# **Take-away.** Quantization speeds up what is memory-bound: decoding with small batches, where
+# 4-bit weights approach a 4x gain. It cannot speed up what is compute-bound (large $M$), except by
+# using faster arithmetic (int8 / fp8 tensor cores: W8A8). And the gain exists only with a kernel that
+# never materialises the float weight. Notebook 11 puts every method on one size-versus-quality
+# chart to choose a recipe.

@@ -1,0 +1,113 @@
+# %% [markdown]
+# # 11 · Capstone: every method on one chart, and picking a recipe
+#
+# Notebooks 5-9 each improved one thing: the rounding (GPTQ), the salient weights (AWQ), the activation
+# outliers (SmoothQuant, LLM.int8()), the number format (fp8), the bit allocation (mixed precision).
+# Which one should you ship? Put every method on the same model, the same data and the same yardsticks
+# (`qlab.scoreboard`, the layout of the GPTQ / AWQ / SmoothQuant result tables plus size and time):
+#
+# * **size**: what the model really stores, packed codes + scales + zero points + the float parts
+#   (embeddings, norms, `lm_head`), in MB;
+# * **perplexity** on the test split, and its change against float, $100\,(\mathrm{ppl}/\mathrm{ppl}_{float} - 1)\%$.
+#
+# A method is worth considering only if no other is both smaller *and* better: the **Pareto front**,
+#
+# $$\mathcal F = \{\, r : \nexists\, r' \text{ with } \mathrm{size}(r') \le \mathrm{size}(r),\ \mathrm{ppl}(r') \le \mathrm{ppl}(r),\ \text{one strictly} \,\}.$$
+#
+# Running every method takes minutes (GPTQ and AWQ calibrate block by block), so `qlab ptq --all` runs
+# them once and commits the table to `benchmarks/results/scoreboard-<machine>.json`; this notebook loads
+# it, and re-runs two cheap rows live to show how a row is made. The code: `qlab/lessons/capstone.py`
+# (tested in `tests/test_lessons_capstone.py`) and `qlab/scoreboard.py`.
+
+# %%
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+
+from qlab.checkpoint import load_model
+from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_recipe, plot_pick
+from qlab.scoreboard import pareto_front, run_method, scoreboard, short_label
+
+torch.manual_seed(0)
+board = main_scoreboard()
+rows = board.rows
+print(board.label)
+
+# %% [markdown]
+# ## The table
+
+# %%
+print(scoreboard(rows))
+
+# %% [markdown]
+# ## Size against perplexity
+# One point per method (red: on the Pareto front). The perplexity axis is logarithmic.
+
+# %%
+plot_pick(rows, title=f"Every method on the shipped model ({rows[0].eval_mode} test split)")
+plt.show()
+
+# %%
+for r in pareto_front(rows):
+    print(f"{short_label(r):<22} {r.size_mb:7.3f} MB  perplexity {r.perplexity:.4f} ({r.change_pct:+.2f}%)")
+
+# %% [markdown]
+# ## How a row is made
+# `run_method(model, method, wbits, group_size, mode=...)` quantizes a copy of the model, then measures
+# its size and its test perplexity. Two cheap rows again, live, in fast mode (16 evenly spaced windows of
+# the test split, where the table may use the full split): the sizes agree to the byte, the
+# perplexities are measured on fewer windows.
+
+# %%
+model = load_model()
+float_row = run_method(model, "float", mode="fast")
+live = [float_row] + [run_method(model, "rtn", bits, group, mode="fast", float_perplexity=float_row.perplexity)
+                      for bits, group in ((4, 128), (8, None))]
+print(compare_rows(rows, live))
+
+# %% [markdown]
+# ## Pick a recipe
+# A deployment fixes a budget: the model must fit in so many MB, and may lose at most so much quality.
+# The best recipe is then the answer of a scan of the table (it always lies on the front):
+#
+# $$r^* = \arg\min_r \{\, \mathrm{ppl}(r) : \mathrm{size}(r) \le S,\ \mathrm{change}(r) \le \Delta \,\} .$$
+#
+# For a few size budgets, as fractions of the float model:
+
+# %%
+float_mb = next(r.size_mb for r in rows if r.method == "float")
+for fraction in (0.2, 0.3, 0.4, 0.6, 1.0):
+    print(f"{fraction:4.0%} of float: {pick_recipe(rows, fraction * float_mb).summary()}")
+
+# %% [markdown]
+# ## Try it
+# Move the size budget and the largest perplexity change you accept.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+sizes = sorted(r.size_mb for r in rows)
+
+@widgets.interact(size_mb=widgets.FloatSlider(value=round(0.35 * float_mb, 2), min=round(0.9 * sizes[0], 2),
+                                              max=round(1.05 * sizes[-1], 2), step=0.05, description="size MB"),
+                  max_change=widgets.Dropdown(options=[("no limit", None), ("1%", 1.0), ("2%", 2.0), ("5%", 5.0),
+                                                       ("10%", 10.0), ("25%", 25.0)], description="max change"))
+def show(size_mb, max_change):
+    pick = pick_recipe(rows, size_mb, max_change)
+    plot_pick(rows, pick)
+    plt.show()
+    print(pick.summary())
+
+# %% [markdown]
+# **Take-away: a recipe.**
+#
+# 1. **8 bits is free.** Weight-only int8 (or W8A8 with per-token activations) costs almost nothing in
+#    perplexity and halves the size of bf16 weights; start there.
+# 2. **4 bits needs care.** Group-wise int4 (G = 128) is the usual sweet spot of size against quality;
+#    GPTQ or AWQ recover most of what RTN loses, for a few seconds to minutes of calibration.
+# 3. **Below 4 bits, spend bits where they matter** (mixed precision, notebook 9) or **train** (QAT):
+#    post-training rounding alone breaks down.
+# 4. **Activations are the hard part.** W8A8 is fast only with int8 kernels, and a static per-tensor
+#    scale suffers from outlier channels: smooth them (SmoothQuant) or keep them in float (LLM.int8()).
+# 5. **Check speed separately.** Size and perplexity say nothing about latency: that depends on the
+#    kernels and the batch size (notebook 10). And always read some generated text: a small perplexity
+#    change can hide a broken model.

@@ -1,0 +1,22 @@
+"""The code behind the tutorial notebooks, one module per lesson (notebooks/src/NN_*.py call these),
+for example:
+
+    one_tensor.py    notebook 1: scale and zero point, rounding vs clipping on one weight
+    calibration.py   notebook 2: calibrators on real activations, W8A8 static perplexity
+    granularity.py   notebook 3: per-tensor / channel / token / group, and what the scales cost
+    formats.py       notebook 4: fp8, fp4, NF4, power-of-two and integer grids on several distributions
+
+Each widget of a notebook calls a pure compute function returning a small dataclass (the figure's
+data, tested in tests/test_lessons_<module>.py) and a plot function that draws it.
+"""
+
+from matplotlib.axes import Axes
+from matplotlib.ticker import LogFormatter, NullFormatter
+
+
+def log_yscale(ax: Axes) -> None:
+    """A log y axis with plain-text tick labels ("1e-04"): matplotlib's default labels are mathtext,
+    whose parsing costs a widget callback about a tenth of a second per redraw."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+    ax.yaxis.set_minor_formatter(NullFormatter())

@@ -1,0 +1,274 @@
+"""Lesson 8: AWQ. Which weights matter, and protecting them with a per-channel scale instead of floats.
+
+The code behind notebook 8 (Lin et al. 2024, "AWQ: Activation-aware Weight Quantization for LLM
+Compression and Acceleration"; the algorithm itself is ``qlab.algorithms.awq``).
+
+1. Salient channels. Keep 1% of each linear's input channels in float and round the rest: chosen by
+   the activation statistic mean |x| they help a lot; chosen by weight magnitude or at random, little
+   (the paper's Table 1). ``salient_table``: output error of one layer and model perplexity per choice.
+2. Mixed precision is awkward for kernels, so AWQ scales instead: ``Q(W diag(s)) diag(s)^-1`` with
+   ``s = x_stat^r`` (normalised), the inverse folded into the previous norm. ``scale_search`` is the
+   search for one group: its loss ``MSE(X W^T, X (Q(W s) / s)^T)`` for every exponent r on the grid
+   {0, 1/20, ..., 19/20} (r = 0: plain round-to-nearest), each r exactly as ``awq.search_scales``
+   scores it. ``scale_view`` is the slider over r.
+3. Clip search: per group of weights, shrink the range to ``ratio * max|w|`` if that lowers the
+   output error; ``clip_summary`` reads the ratios AWQ chose from its ``AWQReport``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from qlab.algorithms.awq import AWQReport, awq_quantize_model, awq_scale_model, scale_candidates, search_scales
+from qlab.capture import ActivationStats
+from qlab.evaluate import perplexity_on
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.layers.weight_only import weight_spec
+from qlab.lessons.gptq_steps import block_linears
+from qlab.lessons.smoothing import relative_error
+from qlab.quantize import fake_quantize
+from qlab.spec import QuantSpec
+
+SELECTIONS = ("none", "activation", "weight", "random")
+
+
+def group_spec(bits: int, group_size: Optional[int], in_features: int, symmetric: bool = False) -> QuantSpec:
+    """The weight grid of AWQ's layers as a per-group spec (per channel: one group of ``in_features``)."""
+    return weight_spec(bits, group_size or in_features, symmetric)
+
+
+# ----------------------------------------------------------------------------- salient channels
+
+
+def salient_channels(x_mean: Tensor, weight: Tensor, fraction: float, how: str,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """Indices of ``round(fraction * K)`` (at least 1) input channels: those with the largest mean |x|
+    ("activation"), the largest column norm ||W[:, j]|| ("weight"), drawn at random, or none."""
+    if how not in SELECTIONS:
+        raise ValueError(f"how must be one of {SELECTIONS}, got {how!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
+    K = weight.shape[1]
+    n = max(1, round(fraction * K))
+    if how == "none":
+        return torch.zeros(0, dtype=torch.long)
+    if how == "activation":
+        return torch.topk(x_mean.float(), n).indices
+    if how == "weight":
+        return torch.topk(weight.float().norm(dim=0), n).indices
+    return torch.randperm(K, generator=generator)[:n]
+
+
+def keep_float_columns(weight: Tensor, spec: QuantSpec, keep: Tensor) -> Tensor:
+    """Round-to-nearest of ``weight`` (N, K) with the input columns ``keep`` left in float."""
+    w_hat = fake_quantize(weight.float(), spec)
+    w_hat[:, keep] = weight.float()[:, keep]
+    return w_hat
+
+
+@dataclass(frozen=True)
+class SalientRow:
+    selection: str
+    channels: int          # float input channels of the chosen layer
+    layer_error: float     # relative output error of that layer on its captured rows
+    perplexity: float
+
+
+@torch.no_grad()
+def salient_table(model: nn.Module, stats: ActivationStats, layer: str, x: Tensor, windows: Tensor, bits: int = 3,
+                  group_size: Optional[int] = 128, fraction: float = 0.01, seed: int = 0) -> list[SalientRow]:
+    """For each selection: every linear of the blocks rounded (``bits``, ``group_size``) but for a
+    ``fraction`` of its input channels (chosen with ``stats[name].mean_abs``); ``x``: rows of ``layer``."""
+    if layer not in block_linears(model):
+        raise ValueError(f"layer must be a linear of the model's blocks, one of {block_linears(model)}; got {layer!r}")
+    rows = []
+    for how in SELECTIONS:
+        gen = torch.Generator().manual_seed(seed)
+        qmodel, kept = copy.deepcopy(model), {}
+        for name in block_linears(model):
+            lin = qmodel.get_submodule(name)
+            keep = salient_channels(stats[name].mean_abs, lin.weight, fraction, how, gen)
+            lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
+            kept[name] = keep.numel()
+        ref, q = model.get_submodule(layer), qmodel.get_submodule(layer)
+        rows.append(SalientRow(how, kept[layer], relative_error(q(x), ref(x)), perplexity_on(qmodel, windows).perplexity))
+    return rows
+
+
+def format_salient_table(rows: Sequence[SalientRow], layer: str, float_ppl: float) -> str:
+    lines = [f"{'float channels':<16} {'kept in ' + layer:>24} {'layer error':>11} {'perplexity':>10} {'vs float':>9}"]
+    lines += [f"{r.selection:<16} {r.channels:24d} {r.layer_error:11.3e} {r.perplexity:10.3f} "
+              f"{100 * (r.perplexity / float_ppl - 1):+8.2f}%" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the scale search
+
+
+@dataclass(frozen=True)
+class ScaleSearch:
+    """AWQ's grid search for one group of linears, with every candidate's scales (for the slider)."""
+
+    x_stat: Tensor     # (K,) mean |x| per input channel
+    ratios: Tensor     # (R,) exponents r
+    scales: Tensor     # (R, K) s(r)
+    losses: Tensor     # (R,) output MSE with Q(W s(r)) / s(r)
+
+    @property
+    def best_index(self) -> int:
+        return int(torch.argmin(self.losses))
+
+
+@torch.no_grad()
+def scale_search(x: Tensor, weight: Tensor, bits: int = 4, group_size: Optional[int] = 128, n_grid: int = 20) -> ScaleSearch:
+    """``awq.search_scales`` on the rows ``x`` (M, K) a group reads and its weights (N, K) stacked."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x (M, K) and weight (N, K) must share K, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    x = x.float()
+    x_stat, gram = x.abs().mean(dim=0), x.double().t() @ x.double()           # (K,), (K, K)
+    spec = group_spec(bits, group_size, x.shape[1])
+    ratios, losses, _ = search_scales(x_stat, gram, x.shape[0], weight.float(), spec, n_grid=n_grid)
+    return ScaleSearch(x_stat, ratios, scale_candidates(x_stat, ratios), losses)
+
+
+@dataclass(frozen=True)
+class ScaleView:
+    """The slider at exponent r: the scale of every channel and the loss against plain rounding."""
+
+    ratio: float
+    scales: Tensor     # (K,)
+    loss: float
+    rtn_loss: float    # r = 0
+    best_ratio: float
+    best_loss: float
+
+    def summary(self) -> str:
+        return (f"r = {self.ratio:.2f}: s from {float(self.scales.min()):.3f} to {float(self.scales.max()):.3f}, "
+                f"loss {self.loss:.4e} = {self.loss / self.rtn_loss:.3f} x round-to-nearest "
+                f"(best r = {self.best_ratio:.2f}: {self.best_loss / self.rtn_loss:.3f} x)")
+
+
+def scale_view(search: ScaleSearch, ratio: float) -> ScaleView:
+    i = int(torch.argmin((search.ratios - float(ratio)).abs()))
+    if abs(float(search.ratios[i]) - float(ratio)) > 1e-9:
+        raise ValueError(f"ratio must be on the search grid {[round(float(r), 3) for r in search.ratios]}, got {ratio!r}")
+    b = search.best_index
+    return ScaleView(float(search.ratios[i]), search.scales[i], float(search.losses[i]), float(search.losses[0]),
+                     float(search.ratios[b]), float(search.losses[b]))
+
+
+def plot_scale_view(view: ScaleView, search: ScaleSearch, title: str = "") -> plt.Figure:
+    """Left: s per channel at r, over mean |x|. Right: loss against r (relative to rounding)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": (1.6, 1)})
+    K = view.scales.numel()
+    c, edges = torch.arange(K).numpy(), (torch.arange(K + 1) - 0.5).numpy()
+    axes[0].stairs(view.scales.numpy(), edges, fill=True, color="tab:blue", label=f"s (r = {view.ratio:.2f})")
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    twin = axes[0].twinx()
+    twin.plot(c, search.x_stat.numpy(), color="tab:orange", lw=1, label="mean |x|")
+    twin.set_ylabel("mean |x|", color="tab:orange")
+    axes[0].set(xlabel="input channel", ylabel="scale s", title=title or "AWQ scales s = x_stat^r (normalised)")
+    axes[0].legend(loc="upper left", fontsize=8)
+    rel = (search.losses / search.losses[0]).numpy()
+    axes[1].plot(search.ratios.numpy(), rel, "o-", ms=3)
+    axes[1].plot(view.ratio, view.loss / view.rtn_loss, "r*", ms=14)
+    axes[1].axhline(1.0, color="k", ls=":", lw=1)
+    axes[1].set(xlabel="exponent r", ylabel="loss / loss at r = 0", title="the search")
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.9, wspace=0.3)  # tight_layout is slow for a slider
+    return fig
+
+
+def plot_scale_curves(report: AWQReport) -> plt.Figure:
+    """Every group's search curve from an ``AWQReport`` (relative to r = 0), its minimum marked."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for s in report.scale_searches:
+        rel = (s.losses / s.losses[0]).numpy()
+        line, = ax.plot(s.ratios.numpy(), rel, lw=1, label=f"{s.prev} -> {', '.join(n.rpartition('.')[2] for n in s.linears)}")
+        ax.plot(s.best_ratio, float(s.losses.min() / s.losses[0]), "o", color=line.get_color())
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set(xlabel="exponent r", ylabel="output MSE / MSE at r = 0 (round-to-nearest)", title="AWQ scale search, every group")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def format_scale_searches(report: AWQReport) -> str:
+    lines = [f"{'group':<42} {'best r':>6} {'loss / RTN':>10}"]
+    for s in report.scale_searches:
+        name = f"{s.prev} -> {', '.join(n.rpartition('.')[2] for n in s.linears)}"
+        lines.append(f"{name:<42} {s.best_ratio:6.2f} {float(s.losses.min() / s.losses[0]):10.3f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the clip search
+
+
+@dataclass(frozen=True)
+class ClipRow:
+    layer: str
+    mean_ratio: float
+    clipped: float         # share of groups whose range was shrunk (ratio < 1)
+    min_ratio: float
+
+
+def clip_summary(report: AWQReport) -> list[ClipRow]:
+    return [ClipRow(name, float(r.mean()), float((r < 1).float().mean()), float(r.min()))
+            for name, r in report.clip_ratios.items()]
+
+
+def format_clip_summary(rows: Sequence[ClipRow]) -> str:
+    lines = [f"{'layer':<20} {'mean ratio':>10} {'groups clipped':>14} {'min ratio':>9}"]
+    lines += [f"{r.layer:<20} {r.mean_ratio:10.3f} {100 * r.clipped:13.1f}% {r.min_ratio:9.2f}" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_clip_ratios(report: AWQReport) -> plt.Figure:
+    """Histogram of the clip ratio chosen for every (output row, group), one colour per kind of linear."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    kinds: dict[str, list[Tensor]] = {}
+    for name, r in report.clip_ratios.items():
+        kinds.setdefault(name.split(".", 2)[-1], []).append(r.reshape(-1))
+    bins = torch.arange(0.475, 1.05, 0.05).numpy()
+    ax.hist([torch.cat(v).numpy() for v in kinds.values()], bins=bins, stacked=True, label=list(kinds))
+    ax.set(xlabel="clip ratio (range = ratio x max|w| of the group)", ylabel="groups", title="AWQ clip search")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+
+@dataclass(frozen=True)
+class AWQRow:
+    method: str
+    perplexity: float
+
+
+def awq_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor, bits: int = 4,
+              group_size: Optional[int] = 128) -> tuple[list[AWQRow], AWQReport]:
+    """Round-to-nearest, AWQ scales + rounding, AWQ scales + clip (``awq_quantize_model``): perplexities,
+    and the report of the full AWQ run (for the plots)."""
+    recipe = QuantRecipe("weight_only", bits=bits, group_size=group_size)
+    scaled, _ = awq_scale_model(model, calib_tokens, bits, group_size, progress=False)
+    full, report = awq_quantize_model(model, calib_tokens, bits, group_size, progress=False)
+    rows = [AWQRow("round-to-nearest", perplexity_on(quantize_model(model, recipe), windows).perplexity),
+            AWQRow("AWQ scales", perplexity_on(quantize_model(scaled, recipe), windows).perplexity),
+            AWQRow("AWQ scales + clip", perplexity_on(full, windows).perplexity)]
+    return rows, report
+
+
+def format_awq_table(rows: Sequence[AWQRow], float_ppl: float) -> str:
+    lines = [f"{'method':<20} {'perplexity':>10} {'vs float':>9}"]
+    lines += [f"{r.method:<20} {r.perplexity:10.3f} {100 * (r.perplexity / float_ppl - 1):+8.2f}%" for r in rows]
+    lines.append(f"{'float':<20} {float_ppl:10.3f}")
+    return "\n".join(lines)
+

@@ -1,0 +1,161 @@
+"""Lesson 11, the capstone: every method on one size-versus-perplexity plot, and how to pick a recipe.
+
+The code behind notebook 11. ``qlab ptq --all`` runs the scoreboard's standard set
+(``qlab.scoreboard.STANDARD_SET``: RTN, GPTQ, AWQ at 8/4/3 bits, naive W8A8, SmoothQuant, LLM.int8(),
+fp8) on the shipped model, which takes minutes, and commits the rows to
+``benchmarks/results/scoreboard-<machine>.json``; the notebook loads that file (``find_scoreboards``).
+
+A method is worth considering only if no other method is both smaller and better: the **Pareto front**
+of (size, perplexity) (``qlab.scoreboard.pareto_front``). Picking a recipe is then a constrained choice
+on the table, solved by looking at every row (``pick_recipe``):
+
+    best = argmin { perplexity(r) : size(r) <= budget, change(r) <= max_change }      (ties: the smaller)
+
+which always lands on the front. Speed is not in the table: it depends on kernels and batch size
+(notebook 10); W8A8 methods also quantize activations, which only pays with int8 matmul kernels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import matplotlib.pyplot as plt
+
+from qlab.scoreboard import ScoreRow, load_json, pareto_front, short_label
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
+PATTERN = "scoreboard-*.json"
+
+
+# ----------------------------------------------------------------------------- the committed table
+
+
+@dataclass(frozen=True)
+class Scoreboard:
+    """One committed scoreboard file: where it was measured and its rows."""
+
+    path: Path
+    machine: str
+    torch: str
+    rows: list[ScoreRow]
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name}: measured on {self.machine}, torch {self.torch}, {self.rows[0].eval_mode} test split"
+
+
+def load_scoreboard(path: str | Path) -> Scoreboard:
+    """A file written by ``qlab.scoreboard.save_json`` (what ``qlab ptq --all`` writes)."""
+    path = Path(path)
+    record = json.loads(path.read_text())
+    rows = load_json(path)
+    if not rows:
+        raise ValueError(f"{path} holds no scoreboard rows")
+    return Scoreboard(path, record.get("machine", "unknown machine"), record.get("torch", "?"), rows)
+
+
+def find_scoreboards(directory: str | Path = RESULTS_DIR) -> list[Scoreboard]:
+    """Every ``scoreboard-*.json`` in ``directory``, by name; empty if there is none."""
+    directory = Path(directory)
+    return [load_scoreboard(p) for p in sorted(directory.glob(PATTERN))] if directory.is_dir() else []
+
+
+def main_scoreboard(directory: str | Path = RESULTS_DIR) -> Scoreboard:
+    """The committed scoreboard with the most rows (the first by name among equals); a clear error if none."""
+    boards = find_scoreboards(directory)
+    if not boards:
+        raise FileNotFoundError(f"no {PATTERN} in {directory}: run `qlab ptq --all` (it takes minutes) to "
+                                f"measure every method and write one")
+    return max(boards, key=lambda b: len(b.rows))  # max keeps the first of equals
+
+
+# ----------------------------------------------------------------------------- picking a recipe
+
+
+@dataclass(frozen=True)
+class RecipePick:
+    """The widget's data: the constraints, the rows that meet them, and the best of those."""
+
+    size_budget_mb: float
+    max_change_pct: Optional[float]
+    eligible: list[ScoreRow]
+    best: Optional[ScoreRow]
+    front: list[ScoreRow]
+
+    def summary(self) -> str:
+        limit = f"size <= {self.size_budget_mb:.2f} MB" + (
+            "" if self.max_change_pct is None else f", perplexity change <= {self.max_change_pct:+.1f}%")
+        if self.best is None:
+            return f"{limit}: no method fits; the smallest is {min(self.front, key=lambda r: r.size_mb).size_mb:.2f} MB"
+        b = self.best
+        return (f"{limit}: {len(self.eligible)} methods fit; best {short_label(b)} ({b.scheme}): "
+                f"{b.size_mb:.2f} MB, perplexity {b.perplexity:.4f} ({b.change_pct:+.2f}%)")
+
+
+def pick_recipe(rows: Sequence[ScoreRow], size_budget_mb: float, max_change_pct: Optional[float] = None) -> RecipePick:
+    """The lowest-perplexity row with size <= ``size_budget_mb`` (and change <= ``max_change_pct`` % if given);
+    ties go to the smaller model. ``best`` is None when nothing fits."""
+    if not rows or not all(isinstance(r, ScoreRow) for r in rows):
+        raise ValueError("rows must be a non-empty sequence of ScoreRow")
+    if isinstance(size_budget_mb, bool) or not isinstance(size_budget_mb, (int, float)) or not size_budget_mb > 0:
+        raise ValueError(f"size_budget_mb must be a positive number of MB, got {size_budget_mb!r}")
+    if max_change_pct is not None and (isinstance(max_change_pct, bool) or not isinstance(max_change_pct, (int, float))):
+        raise ValueError(f"max_change_pct must be a number (percent) or None, got {max_change_pct!r}")
+    eligible = [r for r in rows if r.size_mb <= size_budget_mb
+                and (max_change_pct is None or r.change_pct <= max_change_pct)]
+    best = min(eligible, key=lambda r: (r.perplexity, r.size_mb)) if eligible else None
+    return RecipePick(float(size_budget_mb), max_change_pct, eligible, best, pareto_front(rows))
+
+
+def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title: str = "") -> plt.Figure:
+    """Size vs perplexity, one labelled point per method, the Pareto front; the budget and the pick if given."""
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    front = pareto_front(rows)
+    on_front = {id(r) for r in front}
+    for r in rows:
+        ax.scatter(r.size_mb, r.perplexity, color="tab:red" if id(r) in on_front else "tab:blue", zorder=3, s=22)
+        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="tab:red", lw=1,
+            label="Pareto front")
+    if pick is not None:
+        ax.axvspan(ax.get_xlim()[0], pick.size_budget_mb, color="tab:green", alpha=0.08, label="within the size budget")
+        if pick.max_change_pct is not None:
+            ax.axhline(rows[0].perplexity / (1 + rows[0].change_pct / 100) * (1 + pick.max_change_pct / 100),
+                       color="tab:green", ls=":", lw=1, label="quality limit")
+        if pick.best is not None:
+            ax.scatter(pick.best.size_mb, pick.best.perplexity, s=260, facecolors="none", edgecolors="tab:green",
+                       lw=2, zorder=4, label=f"pick: {short_label(pick.best)}")
+    ax.set_yscale("log")
+    ax.set(xlabel="model size (MB, as stored)", ylabel=f"test perplexity ({rows[0].eval_mode})",
+           title=title or "Every method: size vs perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- live rows vs the table
+
+
+def _key(r: ScoreRow) -> tuple:
+    return (r.method, r.wbits, r.group_size, r.abits, r.scheme)
+
+
+def compare_rows(table: Sequence[ScoreRow], live: Sequence[ScoreRow]) -> str:
+    """Each live row beside the table's row of the same method and scheme (sizes must agree exactly)."""
+    by_key = {_key(r): r for r in table}
+    lines = [f"{'method':<16} {'size MB':>8} {'table ppl':>10} {'change':>8} {'live ppl':>9} {'change':>8}"]
+    for r in live:
+        t = by_key.get(_key(r))
+        if t is None:
+            lines.append(f"{short_label(r):<16} {r.size_mb:8.3f} {'-':>10} {'-':>8} {r.perplexity:9.4f} {r.change_pct:+7.2f}%")
+        else:
+            size = f"{r.size_mb:8.3f}" if abs(t.size_mb - r.size_mb) < 5e-7 else f"{r.size_mb:7.3f}!"
+            lines.append(f"{short_label(r):<16} {size} {t.perplexity:10.4f} {t.change_pct:+7.2f}% "
+                         f"{r.perplexity:9.4f} {r.change_pct:+7.2f}%")
+    lines.append(f"table: {table[0].eval_mode} test split; live: {live[0].eval_mode}" if table and live else "")
+    return "\n".join(lines).rstrip()

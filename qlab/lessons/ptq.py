@@ -1,0 +1,221 @@
+"""Lesson 5: post-training quantization (PTQ) of the whole Transformer, and what it does to the text.
+
+The code behind notebook 5. Every ``nn.Linear`` of the blocks is swapped for a quantized layer
+(``qlab.quantize_model``; ``lm_head`` and the embeddings stay float), with no training and, for the
+weight-only schemes, no data at all: round-to-nearest (RTN), the baseline of GPTQ (Frantar et al.
+2023) and AWQ (Lin et al. 2024). The schemes of the table:
+
+    scheme                      weights                              activations
+    int8 weight-only            int8 per output channel, symmetric   float
+    int4 weight-only (RTN)      int4 per group of 128, zero points   float
+    W8A8 dynamic                int8 per channel, [-127, 127]        int8 per token, absmax / 127 at run time
+    W8A8 static                 int8 per channel, [-127, 127]        int8 per tensor, amax / 127 calibrated
+                                                                     (MinMax: the largest |x| seen)
+
+(W8A8 as in SmoothQuant, Xiao et al. 2023; static activation ranges need a calibration pass.)
+
+The slider re-quantizes the model with ``bits`` in 2..8 and a group size (32, 64, 128 or one scale per
+output channel) and reports the fast perplexity (``qlab.evaluate``, 16 windows) and a short greedy
+sample. To stay fast, ``rtn_view`` evaluates a *dequantized* copy (``dequantized_model``): each
+``WeightOnlyLinear`` replaced by an ``nn.Linear`` holding exactly the weights its codes stand for, the
+same function as the layer's reference forward without unpacking the codes on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from qlab.calibrators import CalibrationResult, MinMax
+from qlab.capture import capture_activations
+from qlab.evaluate import generate, perplexity_on
+from qlab.granularity import PerAxis, PerGroup
+from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+from qlab.layers.weight_only import WeightOnlyLinear
+from qlab.sizes import model_bytes
+from qlab.spec import QuantSpec
+
+SCHEMES: dict[str, QuantRecipe] = {
+    "int8 weight-only": QuantRecipe("weight_only", bits=8, group_size=None, symmetric=True),
+    "int4 weight-only g128": QuantRecipe("weight_only", bits=4, group_size=128),
+    "W8A8 dynamic": QuantRecipe("w8a8", act="dynamic"),
+    "W8A8 static": QuantRecipe("w8a8", act="static"),
+}
+BITS = tuple(range(2, 9))                                      # the bits slider
+GROUP_SIZES: dict[str, Optional[int]] = {"32": 32, "64": 64, "128": 128, "per-channel": None}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@torch.no_grad()
+def static_act_ranges(model: nn.Module, calib_tokens: Tensor, batch_size: int = 8) -> dict[str, CalibrationResult]:
+    """MinMax range (per tensor) of every linear's input over ``calib_tokens`` (n, T): W8A8 static scales."""
+    if not isinstance(calib_tokens, Tensor) or calib_tokens.dim() != 2:
+        raise ValueError(f"calib_tokens must be an (n, T) tensor of byte ids, got {getattr(calib_tokens, 'shape', calib_tokens)}")
+    with capture_activations(model, num_bins=2, calibrators=lambda name: MinMax()) as stats:
+        for batch in calib_tokens.split(batch_size):
+            model(batch)
+    return stats.calibration_results()
+
+
+@dataclass(frozen=True)
+class PTQRow:
+    """One scheme applied to the whole model."""
+
+    name: str
+    description: str
+    size_bytes: int        # everything the model stores (``model_size_bytes``)
+    perplexity: float      # fast perplexity
+    sample: str            # greedy continuation of the prompt
+
+
+def ptq_table(model: nn.Module, windows: Tensor, act_ranges: Mapping[str, CalibrationResult],
+              schemes: Mapping[str, QuantRecipe] = SCHEMES, prompt: str = "def ", n_tokens: int = 80) -> list[PTQRow]:
+    """The float model and each scheme of ``schemes``: size, perplexity on ``windows``, greedy sample."""
+    rows = [PTQRow("float", "fp32", model_size_bytes(model), perplexity_on(model, windows).perplexity,
+                   generate(model, prompt, n_tokens))]
+    for name, recipe in schemes.items():
+        qmodel = quantize_model(model, recipe, act_ranges=act_ranges)
+        rows.append(PTQRow(name, recipe.describe(), model_size_bytes(qmodel), perplexity_on(qmodel, windows).perplexity,
+                           generate(qmodel, prompt, n_tokens)))
+    return rows
+
+
+def format_ptq_table(rows: Sequence[PTQRow]) -> str:
+    base = rows[0].perplexity
+    lines = [f"{'scheme':<22} {'size MB':>8} {'perplexity':>10} {'vs float':>9}"]
+    lines += [f"{r.name:<22} {r.size_bytes / 1e6:8.2f} {r.perplexity:10.3f} {100 * (r.perplexity / base - 1):+8.2f}%"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def format_samples(rows: Sequence[PTQRow]) -> str:
+    """Each scheme's greedy sample, one block each (the text as it is: newlines kept)."""
+    return "\n\n".join(f"--- {r.name}\n{r.sample}" for r in rows)
+
+
+# ----------------------------------------------------------------------------- the RTN slider
+
+
+def rtn_spec(bits: int, group_size: Optional[int]) -> QuantSpec:
+    """Asymmetric unsigned ``bits``-bit codes with a zero point per group of ``group_size`` inputs
+    (None: per output channel); for 2, 3, 4, 8 bits this is ``weight_spec(bits, group_size, False)``."""
+    if isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"bits must be an int in {BITS[0]}..{BITS[-1]}, got {bits!r}")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be a positive int or None (per channel), got {group_size!r}")
+    granularity = PerAxis(0) if group_size is None else PerGroup(group_size)
+    return QuantSpec("int", bits, signed=False, symmetric=False, granularity=granularity)
+
+
+def rtn_recipe(bits: int, group_size: Optional[int]) -> QuantRecipe:
+    return QuantRecipe("weight_only", spec=rtn_spec(bits, group_size))
+
+
+@torch.no_grad()
+def dequantized_model(qmodel: nn.Module) -> nn.Module:
+    """In place: every ``WeightOnlyLinear`` becomes an ``nn.Linear`` with its dequantized fp32 weight.
+
+    The same function as the layers' reference forward (``F.linear(x, dequantized_weight(), bias)``),
+    without decoding the codes at every call: what the slider evaluates.
+    """
+    for name, module in list(qmodel.named_modules()):
+        if isinstance(module, WeightOnlyLinear):
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            dense.weight.copy_(module.dequantized_weight(torch.float32))
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent) if parent else qmodel, child, dense)
+    return qmodel
+
+
+def _ideal_bits_per_weight(qmodel: nn.Module, spec: QuantSpec) -> float:
+    """Packed codes + an fp16 scale and zero point per group, averaged over the quantized weights."""
+    shapes = [(m.out_features, m.in_features) for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
+    return 8 * model_bytes(shapes, spec) / sum(n * k for n, k in shapes)
+
+
+@dataclass(frozen=True)
+class RTNView:
+    """One slider position: the model quantized with RTN at ``bits`` / ``group_size``."""
+
+    bits: int
+    group_size: Optional[int]
+    bits_per_weight: float   # codes + fp16 scale and zero per group (what a deployed checkpoint holds)
+    size_bytes: int          # qlab's stored model (fp32 scales), ``model_size_bytes``
+    perplexity: float
+    sample: str              # greedy; "" when no tokens were asked for
+
+    def summary(self) -> str:
+        g = "per-channel" if self.group_size is None else f"group {self.group_size}"
+        return (f"int{self.bits} RTN, {g}: {self.bits_per_weight:.3f} bits/weight, "
+                f"model {self.size_bytes / 1e6:.2f} MB, perplexity {self.perplexity:.3f}")
+
+
+def rtn_view(model: nn.Module, bits: int, group_size: Optional[int], windows: Tensor, prompt: str = "def ",
+             n_tokens: int = 60) -> RTNView:
+    """Quantize every linear of the blocks with RTN (``quantize_model``), then perplexity and a sample."""
+    spec = rtn_spec(bits, group_size)
+    qmodel = quantize_model(model, QuantRecipe("weight_only", spec=spec))
+    size, bpw = model_size_bytes(qmodel), _ideal_bits_per_weight(qmodel, spec)
+    fast = dequantized_model(qmodel)
+    sample = generate(fast, prompt, n_tokens) if n_tokens else ""
+    return RTNView(bits, group_size, bpw, size, perplexity_on(fast, windows).perplexity, sample)
+
+
+@dataclass(frozen=True)
+class RTNSweep:
+    """Perplexity of RTN at every (bits, group size) pair computed (the slider's background curve)."""
+
+    float_perplexity: float
+    views: tuple[RTNView, ...]
+
+    def curve(self, group_size: Optional[int]) -> tuple[list[float], list[float], list[int]]:
+        """(bits per weight, perplexity, bits) of one group size, in bit order."""
+        vs = sorted((v for v in self.views if v.group_size == group_size), key=lambda v: v.bits)
+        return [v.bits_per_weight for v in vs], [v.perplexity for v in vs], [v.bits for v in vs]
+
+
+def rtn_sweep(model: nn.Module, windows: Tensor, bits: Sequence[int] = BITS,
+              group_sizes: Sequence[Optional[int]] = (128, None)) -> RTNSweep:
+    """``rtn_view`` (no sample) for every pair of ``bits`` x ``group_sizes``."""
+    views = tuple(rtn_view(model, b, g, windows, n_tokens=0) for g in group_sizes for b in bits)
+    return RTNSweep(perplexity_on(model, windows).perplexity, views)
+
+
+def format_sweep(sweep: RTNSweep) -> str:
+    groups = list(dict.fromkeys(v.group_size for v in sweep.views))
+    names = ["per-channel" if g is None else f"g{g}" for g in groups]
+    lines = [f"{'bits':>4} " + " ".join(f"{n + ' ppl':>16}" for n in names)]
+    for b in sorted({v.bits for v in sweep.views}):
+        cells = {v.group_size: v.perplexity for v in sweep.views if v.bits == b}
+        lines.append(f"{b:>4} " + " ".join(f"{cells[g]:16.3f}" if g in cells else f"{'':>16}" for g in groups))
+    lines.append(f"float perplexity {sweep.float_perplexity:.3f}")
+    return "\n".join(lines)
+
+
+def plot_rtn(view: RTNView, sweep: RTNSweep) -> plt.Figure:
+    """Perplexity against bits per weight, one curve per swept group size, the slider's point starred."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g in dict.fromkeys(v.group_size for v in sweep.views):
+        x, y, bits = sweep.curve(g)
+        ax.plot(x, y, "o-", label="per-channel" if g is None else f"group {g}")
+        for xi, yi, b in zip(x, y, bits):
+            ax.annotate(str(b), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axhline(sweep.float_perplexity, color="k", ls="--", lw=1, label="float")
+    ax.plot(view.bits_per_weight, view.perplexity, "r*", ms=14, label="slider")
+    ax.set_yscale("log")
+    ax.set(xlabel="bits per weight (codes + fp16 scale and zero)", ylabel="perplexity (fast)",
+           title=f"RTN: int{view.bits}, {'per-channel' if view.group_size is None else f'group {view.group_size}'}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+

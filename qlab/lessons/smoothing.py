@@ -1,0 +1,305 @@
+"""Lesson 6: activation outliers, LLM.int8() and SmoothQuant.
+
+The code behind notebook 6. A few input channels of a Transformer's linears carry much larger values
+than the rest, in every token (Dettmers et al. 2022, "LLM.int8(): 8-bit Matrix Multiplication for
+Transformers at Scale"; Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training
+Quantization for Large Language Models"). One int8 scale per tensor (or per token) is set by them and
+the other channels get a coarse grid. Two answers:
+
+* LLM.int8(): the columns with any |x| >= threshold go through a float matmul, the rest int8
+  (``qlab.LLMInt8Linear``). ``llm_int8_sweep``: how many columns, what error, what perplexity.
+* SmoothQuant: divide input channel j by ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (folded into
+  the preceding LayerNorm) and multiply weight column j by it: ``X W^T = (X / s)(W s)^T``. The
+  activation maxima shrink, the weight maxima grow (``qlab.algorithms.smoothing_effect``).
+  ``smoothing_view`` is the alpha slider: the maxima before and after, and the output error of one
+  group's W8A8 product on captured rows, both ways of scaling activations:
+
+      per tensor (static)   x_hat = Q(x / s; amax = max_j(max|X_j| / s_j))     weights: per output channel
+      per token  (dynamic)  x_hat = Q(x / s; amax = max of the row)             absmax / 127 on [-127, 127]
+      error = ||x_hat W_hat^T - x W^T||^2 / ||x W^T + b||^2                     (b added to both)
+
+``smoothquant_table`` compares whole-model perplexities: naive W8A8 against SmoothQuant at a few alphas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from qlab.algorithms.smoothquant import (SmoothingGroup, input_absmax, smoothing_effect, smoothing_groups,
+                                         smoothquant_quantize_model)
+from qlab.calibrators import CalibrationResult
+from qlab.capture import ActivationStats, linear_layers
+from qlab.evaluate import perplexity_on
+from qlab.granularity import PerAxis, PerTensor, PerToken
+from qlab.layers.llm_int8 import LLMInt8Linear, outlier_columns
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.outliers import LLM_INT8_THRESHOLD
+from qlab.quantize import fake_quantize
+from qlab.spec import QuantSpec
+
+ACTS = ("per_tensor", "per_token")
+ALPHAS = tuple(round(a / 20, 2) for a in range(21))   # the alpha slider: 0.00, 0.05, ..., 1.00
+
+
+def int8_spec(granularity) -> QuantSpec:
+    """SmoothQuant's W8A8 grid: symmetric absmax / 127 on the narrow range [-127, 127]."""
+    return QuantSpec("int", 8, symmetric=True, narrow_range=True, granularity=granularity)
+
+
+def relative_error(y: Tensor, y_ref: Tensor) -> float:
+    """||y - y_ref||^2 / ||y_ref||^2, in float64."""
+    y, y_ref = y.detach().double(), y_ref.detach().double()
+    return float((y - y_ref).pow(2).sum() / y_ref.pow(2).sum())
+
+
+# ----------------------------------------------------------------------------- outliers
+
+
+@dataclass(frozen=True)
+class ChannelProfile:
+    """Per input channel of one linear: the largest |x| and the mean |x| over the calibration tokens."""
+
+    layer: str
+    absmax: Tensor      # (C,)
+    mean_abs: Tensor    # (C,)
+    threshold: float
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        """The k channels with the largest absmax: (channel, absmax)."""
+        values, idx = torch.topk(self.absmax, k)
+        return [(int(i), float(v)) for i, v in zip(idx, values)]
+
+
+def channel_profile(stats: ActivationStats, layer: str, threshold: float = LLM_INT8_THRESHOLD) -> ChannelProfile:
+    s = stats[layer]
+    return ChannelProfile(layer, s.absmax.float().clone(), s.mean_abs.float(), float(threshold))
+
+
+def plot_channel_profile(profile: ChannelProfile) -> plt.Figure:
+    """Bars: max |x| per channel; line: mean |x|; dashed: LLM.int8()'s threshold."""
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    C = profile.absmax.numel()
+    c = torch.arange(C).numpy()
+    ax.stairs(profile.absmax.numpy(), (torch.arange(C + 1) - 0.5).numpy(), fill=True, color="tab:blue", label="max |x|")
+    ax.plot(c, profile.mean_abs.numpy(), color="tab:orange", lw=1, label="mean |x|")
+    ax.axhline(profile.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {profile.threshold:g}")
+    for ch, v in profile.top(3):
+        ax.annotate(str(ch), (ch, v), textcoords="offset points", xytext=(2, 2), fontsize=8)
+    ax.set(xlabel="input channel", ylabel="|x|", title=f"{profile.layer}: per-channel magnitude of the input",
+           xlim=(-1, len(c)))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- LLM.int8()
+
+
+@dataclass(frozen=True)
+class Int8Row:
+    threshold: float
+    layer_columns: int      # outlier columns of the chosen layer's captured rows (they go to float)
+    model_columns: float    # share of all quantized linears' input columns with calibration max |x| >= threshold
+    layer_error: float      # relative output error of that layer as LLMInt8Linear on its captured rows
+    perplexity: float
+
+
+@torch.no_grad()
+def llm_int8_sweep(model: nn.Module, stats: ActivationStats, layer: str, x: Tensor, windows: Tensor,
+                   thresholds: Sequence[float] = (float("inf"), 6.0, 4.0)) -> list[Int8Row]:
+    """For each threshold: LLM.int8() on every linear of the blocks (``quantize_model``) and on ``layer``."""
+    linear = model.get_submodule(layer)
+    ref = linear(x)
+    rows = []
+    for t in thresholds:
+        qmodel = quantize_model(model, QuantRecipe("llm_int8", threshold=t))
+        names = [n for n, m in qmodel.named_modules() if isinstance(m, LLMInt8Linear)]
+        cols = sum(int((stats[n].absmax >= t).sum()) for n in names)
+        total = sum(stats[n].in_features for n in names)
+        y = LLMInt8Linear.from_float(linear, t)(x)
+        rows.append(Int8Row(float(t), int(outlier_columns(x, t).sum()), cols / total, relative_error(y, ref),
+                            perplexity_on(qmodel, windows).perplexity))
+    return rows
+
+
+def format_int8_table(rows: Sequence[Int8Row], layer: str, float_ppl: float) -> str:
+    lines = [f"{'threshold':>9} {'float cols (' + layer + ')':>34} {'all layers':>10} {'layer error':>11} "
+             f"{'perplexity':>10} {'vs float':>9}"]
+    for r in rows:
+        lines.append(f"{r.threshold:9g} {r.layer_columns:34d} {100 * r.model_columns:9.2f}% {r.layer_error:11.3e} "
+                     f"{r.perplexity:10.3f} {100 * (r.perplexity / float_ppl - 1):+8.2f}%")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the alpha slider
+
+
+@dataclass(frozen=True)
+class SmoothingSetup:
+    """Everything the slider needs, computed once: one norm's group, its statistics and input rows."""
+
+    norm: str
+    linears: tuple[str, ...]
+    x: Tensor              # (M, C) input rows of the group (the norm's output)
+    weight: Tensor         # (N, C) the group's weights stacked along the outputs
+    bias: Optional[Tensor]  # (N,)
+    act_absmax: Tensor     # (C,) max |x| per channel over all calibration tokens
+    weight_absmax: Tensor  # (C,) max |W[:, j]| over the group
+
+
+def groups_from_stats(model: nn.Module, stats: ActivationStats, example_input: Tensor) -> list[SmoothingGroup]:
+    """SmoothQuant's norm -> linears groups, their activation maxima read from a capture's statistics."""
+    return smoothing_groups(model, {n: s.absmax.float() for n, s in stats.items()}, example_input)
+
+
+@torch.no_grad()
+def smoothing_setup(model: nn.Module, group: SmoothingGroup, x: Tensor) -> SmoothingSetup:
+    """The slider's data for ``group``; ``x`` (M, C): rows its linears read (e.g. a capture's reservoir)."""
+    linears = [model.get_submodule(n) for n in group.linears]
+    if x.dim() != 2 or x.shape[1] != group.act_absmax.numel():
+        raise ValueError(f"x must be (rows, {group.act_absmax.numel()}), got {tuple(x.shape)}")
+    bias = torch.cat([m.bias for m in linears]).float() if all(m.bias is not None for m in linears) else None
+    return SmoothingSetup(group.norm, tuple(group.linears), x.float(),
+                          torch.cat([m.weight for m in linears]).float(), bias, group.act_absmax, group.weight_absmax)
+
+
+def w8a8_error(setup: SmoothingSetup, scales: Tensor, act: str) -> float:
+    """Relative output error of the group's W8A8 product with smoothing scales ``scales`` (ones: none)."""
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    xs, ws = setup.x / scales, setup.weight * scales                     # (M, C), (N, C)
+    w_hat = fake_quantize(ws, int8_spec(PerAxis(0)))                     # per output channel
+    if act == "per_tensor":
+        amax = float((setup.act_absmax / scales).max())                  # the calibrated static range
+        x_hat = fake_quantize(xs, int8_spec(PerTensor()), lo=-amax, hi=amax)
+    else:
+        x_hat = fake_quantize(xs, int8_spec(PerToken()))
+    return relative_error(F.linear(x_hat, w_hat, setup.bias), F.linear(setup.x, setup.weight, setup.bias))
+
+
+@dataclass(frozen=True)
+class SmoothingView:
+    """One alpha: the per-channel maxima before / after smoothing and the W8A8 output errors."""
+
+    alpha: float
+    scales: Tensor          # (C,)
+    act_before: Tensor      # (C,)
+    act_after: Tensor
+    weight_before: Tensor
+    weight_after: Tensor
+    error_per_tensor: float
+    error_per_token: float
+
+    def summary(self) -> str:
+        return (f"alpha {self.alpha:.2f}: max|x| {float(self.act_before.max()):.2f} -> {float(self.act_after.max()):.2f}, "
+                f"max|W| {float(self.weight_before.max()):.3f} -> {float(self.weight_after.max()):.3f}; "
+                f"W8A8 error per-tensor {self.error_per_tensor:.3e}, per-token {self.error_per_token:.3e}")
+
+
+def smoothing_view(setup: SmoothingSetup, alpha: float) -> SmoothingView:
+    effect = smoothing_effect(setup.act_absmax, setup.weight_absmax, float(alpha))
+    s = effect["scales"]
+    return SmoothingView(float(alpha), s, setup.act_absmax, effect["act_absmax"], setup.weight_absmax,
+                         effect["weight_absmax"], w8a8_error(setup, s, "per_tensor"), w8a8_error(setup, s, "per_token"))
+
+
+@dataclass(frozen=True)
+class SmoothingCurve:
+    alphas: Tensor          # (A,)
+    per_tensor: Tensor      # (A,) W8A8 error at each alpha
+    per_token: Tensor
+    naive_per_tensor: float  # no smoothing (s = 1)
+    naive_per_token: float
+
+
+def smoothing_curve(setup: SmoothingSetup, alphas: Sequence[float] = ALPHAS) -> SmoothingCurve:
+    views = [smoothing_view(setup, a) for a in alphas]
+    ones = torch.ones_like(setup.act_absmax)
+    return SmoothingCurve(torch.tensor([float(a) for a in alphas], dtype=torch.float64),
+                          torch.tensor([v.error_per_tensor for v in views], dtype=torch.float64),
+                          torch.tensor([v.error_per_token for v in views], dtype=torch.float64),
+                          w8a8_error(setup, ones, "per_tensor"), w8a8_error(setup, ones, "per_token"))
+
+
+def format_smoothing_curve(curve: SmoothingCurve, every: int = 1) -> str:
+    """The error table: no smoothing, then every ``every``-th alpha of the curve."""
+    lines = [f"{'alpha':>6} {'per-tensor':>11} {'per-token':>11}",
+             f"{'none':>6} {curve.naive_per_tensor:11.3e} {curve.naive_per_token:11.3e}"]
+    lines += [f"{float(a):6.2f} {float(t):11.3e} {float(k):11.3e}"
+              for a, t, k in list(zip(curve.alphas, curve.per_tensor, curve.per_token))[::every]]
+    return "\n".join(lines)
+
+
+def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") -> plt.Figure:
+    """Activation maxima and weight maxima per channel, before / after; the error against alpha."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    c = torch.arange(view.scales.numel()).numpy()
+    for ax, before, after, what in ((axes[0], view.act_before, view.act_after, "max |x|"),
+                                    (axes[1], view.weight_before, view.weight_after, "max |W|")):
+        ax.plot(c, before.numpy(), color="0.6", lw=1, label="before")
+        ax.plot(c, after.numpy(), color="tab:blue", lw=1, label=f"after (alpha {view.alpha:.2f})")
+        ax.set(xlabel="input channel", ylabel=what, title=f"{what} per channel")
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for values, naive, name, color in ((curve.per_tensor, curve.naive_per_tensor, "per-tensor", "tab:red"),
+                                       (curve.per_token, curve.naive_per_token, "per-token", "tab:green")):
+        ax.plot(curve.alphas.numpy(), values.numpy(), color=color, label=f"SmoothQuant {name}")
+        ax.axhline(naive, color=color, ls=":", lw=1, label=f"naive {name}")
+    ax.axvline(view.alpha, color="k", ls="--", lw=1)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="alpha", ylabel="relative output error", title=title or "W8A8 error of the group")
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.25)  # tight_layout is slow for a slider
+    return fig
+
+
+# ----------------------------------------------------------------------------- whole-model perplexity
+
+
+@dataclass(frozen=True)
+class SmoothQuantRow:
+    act: str                 # "per_tensor" (static) or "per_token" (dynamic)
+    alpha: Optional[float]   # None: naive W8A8, no smoothing
+    perplexity: float
+
+
+def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequence[str] = ("lm_head",)) -> nn.Module:
+    """W8A8 without smoothing: per-token dynamic, or per-tensor static with amax = max |x| over the
+    calibration tokens (the statistic ``smoothquant_quantize_model`` uses)."""
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    if act == "per_token":
+        return quantize_model(model, QuantRecipe("w8a8", act="dynamic"), exclude=tuple(exclude))
+    names = [n for n in linear_layers(model) if n not in exclude]
+    ranges = {n: CalibrationResult(-a.max(), a.max()) for n, a in input_absmax(model, calib_tokens, names).items()}
+    return quantize_model(model, QuantRecipe("w8a8", act="static"), exclude=tuple(exclude), act_ranges=ranges)
+
+
+def smoothquant_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor,
+                      alphas: Sequence[float] = (0.25, 0.5, 0.75), acts: Sequence[str] = ACTS) -> list[SmoothQuantRow]:
+    """Perplexity of naive W8A8 and of SmoothQuant W8A8 (``smoothquant_quantize_model``) per alpha and act."""
+    rows = [SmoothQuantRow(act, None, perplexity_on(naive_w8a8(model, calib_tokens, act), windows).perplexity)
+            for act in acts]
+    for alpha in alphas:
+        rows += [SmoothQuantRow(act, float(alpha), perplexity_on(
+            smoothquant_quantize_model(model, calib_tokens, alpha, act), windows).perplexity) for act in acts]
+    return rows
+
+
+def format_smoothquant_table(rows: Sequence[SmoothQuantRow], float_ppl: float) -> str:
+    acts = list(dict.fromkeys(r.act for r in rows))
+    lines = [f"{'W8A8':<16} " + " ".join(f"{a.replace('_', '-') + ' ppl':>16}" for a in acts)]
+    for alpha in dict.fromkeys(r.alpha for r in rows):
+        name = "naive" if alpha is None else f"SmoothQuant {alpha:.2f}"
+        cells = {r.act: r.perplexity for r in rows if r.alpha == alpha}
+        lines.append(f"{name:<16} " + " ".join(f"{cells[a]:16.3f}" for a in acts))
+    lines.append(f"{'float':<16} {float_ppl:16.3f}")
+    return "\n".join(lines)

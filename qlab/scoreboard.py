@@ -1,0 +1,353 @@
+"""The scoreboard: every quantization method on the same model, the same data, the same yardsticks.
+
+One row per method (``run_method``): perplexity on the test split, its change against the float model,
+the model's real storage (``qlab.layers.model_size_bytes``: packed codes, scales, zero points, and the
+float parts that stay float), the effective bits per weight of the quantized linear layers (scales
+included, as ``qlab.sizes.effective_bits_per_weight`` counts them), and the time the method took.
+The same layout as the result tables of the GPTQ, AWQ and SmoothQuant papers, plus size and time.
+
+    method       what runs                                                       weights    activations
+    float        nothing (the reference row)                                     fp32       fp32
+    rtn          round-to-nearest (qlab.algorithms.rtn)                          wbits, G   float
+    gptq         GPTQ, true sequential (qlab.algorithms.gptq)                    wbits, G   float
+    awq          AWQ scale + clip search (qlab.algorithms.awq)                   wbits, G   float
+    w8a8         naive W8A8: per-channel int8 weights, int8 activations          8, chan.   per token / tensor
+    smoothquant  SmoothQuant alpha=0.5, then the same W8A8 (qlab.algorithms.smoothquant)
+    llm_int8     LLM.int8(): int8 with outlier columns (|x| >= 6) in float         8, chan.   8 + float outliers
+    fp8          fp8 e4m3 weights and activations, absmax scaled                 8 (e4m3)   8 (e4m3), per tensor
+    mixed        mixed precision under a bits-per-weight budget = wbits (qlab.algorithms.mixed_precision)
+
+Every method leaves ``lm_head`` in float (the reference implementations do), and calibrates on the
+same ``calib_samples`` seeded windows of the train split. ``pareto_front`` keeps the rows no other row
+beats on both size and perplexity; ``plot_pareto`` draws them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from matplotlib.figure import Figure
+
+from qlab.capture import is_linear_like
+from qlab.corpus import calibration_samples
+from qlab.evaluate import perplexity
+from qlab.layers.base import QuantizedLinear
+from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+
+METHODS = ("float", "rtn", "gptq", "awq", "smoothquant", "w8a8", "llm_int8", "fp8", "mixed")
+WEIGHT_ONLY = ("rtn", "gptq", "awq", "mixed")
+ACT_METHODS = ("smoothquant", "w8a8", "llm_int8", "fp8")   # int8 / fp8 weights AND activations
+ACT_MODES = ("per_token", "per_tensor")
+EXCLUDE = ("lm_head",)
+
+# The standard set of ``qlab ptq --all``: (method, wbits, group_size, act)
+STANDARD_SET = (
+    ("float", None, None, None),
+    ("rtn", 8, None, None), ("rtn", 4, 128, None), ("gptq", 4, 128, None), ("awq", 4, 128, None),
+    ("rtn", 3, 128, None), ("gptq", 3, 128, None), ("awq", 3, 128, None),
+    ("w8a8", 8, None, "per_token"), ("w8a8", 8, None, "per_tensor"),
+    ("smoothquant", 8, None, "per_token"), ("smoothquant", 8, None, "per_tensor"),
+    ("llm_int8", 8, None, None), ("fp8", 8, None, None),
+)
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One method's result. ``wbits`` is a budget (average bits) for "mixed"; group_size None: per channel."""
+
+    method: str
+    scheme: str                 # human-readable, e.g. "int4 g128 asym" or "W8A8, per-token activations"
+    wbits: Optional[float]
+    group_size: Optional[int]
+    abits: Optional[int]
+    perplexity: float
+    change_pct: float           # 100 * (perplexity / float perplexity - 1)
+    size_mb: float              # model_size_bytes / 1e6
+    bits_per_weight: float      # effective, over the quantized linear layers (lm_head excluded)
+    quantize_s: float
+    eval_mode: str              # "full" or "fast" test split
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def linear_bits_per_weight(model: nn.Module, exclude: Sequence[str] = EXCLUDE) -> float:
+    """Average stored bits per weight over the model's linear layers (quantized or float), except
+    ``exclude`` (fnmatch patterns on names): (storage - bias) * 8 / weights, weights-weighted."""
+    bits, weights = 0, 0
+    for name, m in model.named_modules():
+        if not name or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        if isinstance(m, QuantizedLinear):
+            bias = m.bias.numel() * m.bias.element_size() if m.bias is not None else 0
+            bits += (m.storage_bytes() - bias) * 8
+            weights += m.in_features * m.out_features
+        elif is_linear_like(m):
+            bits += m.weight.numel() * m.weight.element_size() * 8
+            weights += m.weight.numel()
+    if weights == 0:
+        raise ValueError("the model has no linear layer outside of exclude")
+    return bits / weights
+
+
+def _naive_w8a8(model: nn.Module, calib: torch.Tensor, act: str) -> nn.Module:
+    """W8A8 without smoothing: per-token dynamic, or per-tensor static absmax / 127 of the calibration inputs."""
+    from qlab.algorithms.smoothquant import input_absmax
+    from qlab.layers.w8a8 import W8A8Linear
+    from qlab.quantize import EPS
+
+    if act == "per_token":
+        return quantize_model(model, QuantRecipe("w8a8", act="dynamic"), exclude=EXCLUDE)
+    names = [n for n, m in model.named_modules()
+             if n and is_linear_like(m) and not any(fnmatch.fnmatchcase(n, p) for p in EXCLUDE)]
+    amax = {n: a.max() for n, a in input_absmax(model, calib, names).items()}
+    return quantize_model(model, lambda n, lin: W8A8Linear.from_float(
+        lin, act="static", act_scale=(amax[n] / 127).clamp(min=EPS)), exclude=EXCLUDE)
+
+
+def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], act: str,
+              calib: torch.Tensor, alpha: float) -> nn.Module:
+    if method == "float":
+        return model
+    if method == "rtn":
+        return quantize_model(model, QuantRecipe("weight_only", bits=int(wbits), group_size=group_size),
+                              exclude=EXCLUDE)
+    if method == "gptq":
+        from qlab.algorithms.gptq import gptq_quantize_model
+
+        return gptq_quantize_model(model, calib, int(wbits), group_size, progress=False)
+    if method == "awq":
+        from qlab.algorithms.awq import awq_quantize_model
+
+        return awq_quantize_model(model, calib, int(wbits), group_size, progress=False)[0]
+    if method == "smoothquant":
+        from qlab.algorithms.smoothquant import smoothquant_quantize_model
+
+        return smoothquant_quantize_model(model, calib, alpha, act)
+    if method == "w8a8":
+        return _naive_w8a8(model, calib, act)
+    if method == "llm_int8":
+        return quantize_model(model, QuantRecipe("llm_int8"), exclude=EXCLUDE)
+    if method == "fp8":
+        return quantize_model(model, QuantRecipe("fp8", fmt="e4m3", act="per_tensor"), exclude=EXCLUDE)
+    from qlab.algorithms.mixed_precision import layer_sensitivity, plan_model, search_plan
+
+    sens = layer_sensitivity(model, group_size=group_size)
+    return plan_model(model, search_plan(sens, float(wbits)), sens)
+
+
+def _scheme(method: str, wbits, group_size: Optional[int], act: str, alpha: float) -> str:
+    where = "per-channel" if group_size is None else f"g{group_size}"
+    acts = act.replace("_", "-")
+    return {
+        "float": "fp32 weights and activations",
+        "rtn": f"int{wbits} {where} asym", "gptq": f"int{wbits} {where} asym",
+        "awq": f"int{wbits} {where} asym",
+        "mixed": f"2/3/4/8-bit {where}, budget {wbits:g} bits/weight" if wbits is not None else "",
+        "w8a8": f"W8A8 naive, {acts} activations",
+        "smoothquant": f"W8A8 SmoothQuant a={alpha:g}, {acts} activations",
+        "llm_int8": "LLM.int8(), threshold 6", "fp8": "fp8 e4m3 W + A, per-tensor activations",
+    }[method]
+
+
+def _check_args(method: str, wbits, group_size, abits, act: str, mode: str) -> tuple:
+    """Validated (wbits, group_size, abits) with each method's defaults filled in."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if mode not in ("full", "fast"):
+        raise ValueError(f"mode must be 'full' or 'fast', got {mode!r}")
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be a positive int or None (per channel), got {group_size!r}")
+    if method == "float":
+        return 32, None, 32
+    if method in ACT_METHODS:
+        if wbits not in (None, 8) or abits not in (None, 8):
+            raise ValueError(f"method {method!r} is W8A8: wbits and abits must be 8 (or None), "
+                             f"got wbits={wbits!r}, abits={abits!r}")
+        return 8, None, 8
+    if abits is not None:
+        raise ValueError(f"method {method!r} is weight-only (activations stay float); abits must be None, "
+                         f"got {abits!r}; W8A8 methods: {ACT_METHODS}")
+    if method == "mixed":
+        if isinstance(wbits, bool) or not isinstance(wbits, (int, float)) or not 2 <= wbits:
+            raise ValueError(f"method 'mixed' takes wbits = the budget in average bits per weight (>= 2), "
+                             f"got {wbits!r}")
+        return float(wbits), group_size, None
+    wbits = 4 if wbits is None else wbits
+    if wbits not in (2, 3, 4, 8):
+        raise ValueError(f"wbits for {method!r} must be one of (2, 3, 4, 8), got {wbits!r}")
+    return int(wbits), group_size, None
+
+
+def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
+               abits: Optional[int] = None, *, act: str = "per_token", calib_samples: int = 128, seed: int = 0,
+               mode: str = "full", alpha: float = 0.5, float_perplexity: Optional[float] = None) -> ScoreRow:
+    """Quantize a copy of ``model`` with ``method`` and measure it (see the module docstring).
+
+    wbits: weight bits (default 4 for weight-only methods; the average-bits budget for "mixed");
+    group_size: weight-only group (None: per channel); abits: 8 for the W8A8 methods (None there = 8);
+    act: activation scales of "w8a8" / "smoothquant", "per_token" (dynamic) or "per_tensor" (static);
+    calib_samples: seeded windows of the train split for the calibrated methods; mode: the test split
+    "full" or "fast"; float_perplexity: the float model's in the same mode, measured if None.
+    """
+    wbits, group_size, abits = _check_args(method, wbits, group_size, abits, act, mode)
+    if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
+        raise ValueError(f"calib_samples must be a positive int, got {calib_samples!r}")
+    context = getattr(getattr(model, "config", None), "block_size", 256)
+    calib = calibration_samples(calib_samples, context, seed=seed)        # (n, T)
+    t0 = time.perf_counter()
+    qmodel = _quantize(model, method, wbits, group_size, act, calib, alpha)
+    seconds = 0.0 if method == "float" else time.perf_counter() - t0
+    ppl = perplexity(qmodel, "test", mode).perplexity
+    if method == "float":
+        float_perplexity = ppl
+    elif float_perplexity is None:
+        float_perplexity = perplexity(model, "test", mode).perplexity
+    return ScoreRow(method, _scheme(method, wbits, group_size, act, alpha), wbits,
+                    group_size, abits, ppl, 100 * (ppl / float_perplexity - 1), model_size_bytes(qmodel) / 1e6,
+                    linear_bits_per_weight(qmodel), seconds, mode)
+
+
+def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int = 128, seed: int = 0,
+                     log: Optional[Callable[[str], None]] = print) -> list[ScoreRow]:
+    """``STANDARD_SET`` on ``model``, float first (its perplexity is the reference of the others);
+    ``log`` gets one line per finished row (None: silent)."""
+    rows: list[ScoreRow] = []
+    for method, wbits, group_size, act in STANDARD_SET:
+        row = run_method(model, method, wbits, group_size, act=act or "per_token", calib_samples=calib_samples,
+                         seed=seed, mode=mode, float_perplexity=rows[0].perplexity if rows else None)
+        rows.append(row)
+        if log is not None:
+            log(f"{row.method:<12} {row.scheme:<42} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
+                f"{row.size_mb:.2f} MB, {row.quantize_s:.1f} s")
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables and the front
+
+
+COLUMNS = ("method", "scheme", "W bits", "group", "A bits", "perplexity", "vs float", "size MB", "bits/w", "time s")
+
+
+def short_label(row: ScoreRow) -> str:
+    """E.g. 'gptq w4 g128', 'w8a8 per-tensor', 'fp8': for plots."""
+    if row.method == "float":
+        return "float"
+    if row.method in ("w8a8", "smoothquant"):
+        return f"{row.method} {'per-tensor' if 'per-tensor' in row.scheme else 'per-token'}"
+    if row.method in ACT_METHODS:
+        return row.method
+    where = "ch" if row.group_size is None else f"g{row.group_size}"
+    return f"{row.method} w{row.wbits:g} {where}"
+
+
+def _cells(row: ScoreRow) -> list[str]:
+    group = "-" if row.method == "float" else ("channel" if row.group_size is None else str(row.group_size))
+    wbits = f"{row.wbits:g}" if row.wbits is not None else "-"
+    return [row.method, row.scheme, wbits, group, "-" if row.abits is None else str(row.abits),
+            f"{row.perplexity:.4f}", f"{row.change_pct:+.2f}%", f"{row.size_mb:.3f}", f"{row.bits_per_weight:.3f}",
+            f"{row.quantize_s:.1f}"]
+
+
+def scoreboard(rows: Sequence[ScoreRow], fmt: str = "text") -> str:
+    """The rows as an aligned text table (``fmt="text"``) or a GitHub markdown table (``"markdown"``)."""
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"fmt must be 'text' or 'markdown', got {fmt!r}")
+    if not rows or not all(isinstance(r, ScoreRow) for r in rows):
+        raise ValueError("rows must be a non-empty sequence of ScoreRow")
+    table = [list(COLUMNS)] + [_cells(r) for r in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(table[0]) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(COLUMNS) - 2)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table[1:]])
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    fmt_row = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt_row(table[0]), "  ".join("-" * w for w in widths)] + [fmt_row(r) for r in table[1:]])
+
+
+def pareto_front(rows: Sequence[ScoreRow]) -> list[ScoreRow]:
+    """The rows no other row dominates (smaller-or-equal size AND perplexity, one strictly), by size.
+
+    Sorted by (size, perplexity): a row is dominated iff a row of smaller size has perplexity <= its
+    own, or a row of the same size has a strictly smaller perplexity. One sweep, O(n log n).
+    """
+    ordered = sorted(rows, key=lambda r: (r.size_mb, r.perplexity))
+    front, best_smaller, i = [], math.inf, 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j].size_mb == ordered[i].size_mb:
+            j += 1
+        group_best = ordered[i].perplexity                                # the group's minimum
+        front += [r for r in ordered[i:j] if r.perplexity < best_smaller and r.perplexity == group_best]
+        best_smaller = min(best_smaller, group_best)
+        i = j
+    return front
+
+
+def plot_pareto(rows: Sequence[ScoreRow], title: Optional[str] = None) -> Figure:
+    """Size (MB) against perplexity, one labelled point per row, the Pareto front as a step line."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    front = pareto_front(rows)
+    on_front = {id(r) for r in front}
+    for r in rows:
+        ax.scatter(r.size_mb, r.perplexity, color="C3" if id(r) in on_front else "C0", zorder=3)
+        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="C3",
+            label="Pareto front")
+    ax.set_xlabel("model size (MB, as stored)")
+    ax.set_ylabel(f"test perplexity ({rows[0].eval_mode})")
+    ax.set_title(title or "Quantization methods: size vs perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def machine_slug(description: Optional[str] = None) -> str:
+    """A file-name-safe machine name: the GPU's, else '<cpu>-<n>cores' (for scoreboard-<machine>.json)."""
+    if description is None:
+        if torch.cuda.is_available():
+            description = torch.cuda.get_device_name(0)
+        else:
+            import os
+
+            from qlab.train import machine_description
+
+            description = f"{machine_description().split(' (')[0]}-{os.cpu_count()}cores"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", description).strip("_") or "machine"
+
+
+def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[str] = None) -> Path:
+    """Write ``{"machine", "torch", "rows": [...]}`` to ``path``."""
+    from qlab.train import machine_description
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine or machine_description(), "torch": torch.__version__,
+              "rows": [r.to_dict() for r in rows]}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def load_json(path: str | Path) -> list[ScoreRow]:
+    """The rows of a file written by ``save_json``."""
+    record = json.loads(Path(path).read_text())
+    names = {f.name for f in fields(ScoreRow)}
+    return [ScoreRow(**{k: v for k, v in r.items() if k in names}) for r in record["rows"]]

@@ -1,0 +1,120 @@
+"""Notebook 5's helpers against the model swap itself: quantize_model + perplexity_on + generate."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+import torch.nn as nn
+
+from qlab.calibrators import CalibrationResult
+from qlab.evaluate import generate, perplexity_on
+from qlab.layers import W8A8Linear, WeightOnlyLinear
+from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+from qlab.layers.weight_only import weight_spec
+from qlab.lessons.ptq import (GROUP_SIZES, SCHEMES, RTNSweep, dequantized_model, format_ptq_table, format_samples,
+                              format_sweep, plot_rtn, ptq_table, rtn_recipe, rtn_spec, rtn_sweep, rtn_view,
+                              static_act_ranges)
+from qlab.model import GPT, PRESETS
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return GPT(PRESETS["tiny"]).eval()
+
+
+def windows(n=3, length=33, seed=1):
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("bits,group_size", [(2, 32), (3, None), (4, 64), (5, 32), (8, None)])
+def test_slider_equals_the_swapped_model(bits, group_size):
+    model, w = tiny_model(), windows()
+    view = rtn_view(model, bits, group_size, w, prompt="def ", n_tokens=6)
+    qmodel = quantize_model(model, QuantRecipe("weight_only", spec=rtn_spec(bits, group_size)))
+    assert all(isinstance(qmodel.get_submodule(f"blocks.0.{n}"), WeightOnlyLinear) for n in ("attn.q", "mlp.proj"))
+    assert view.perplexity == pytest.approx(perplexity_on(qmodel, w).perplexity, rel=1e-6)
+    assert view.sample == generate(qmodel, "def ", 6)
+    assert view.size_bytes == model_size_bytes(qmodel)
+    # bits per weight: codes + one fp16 scale and fp16 zero per group, over the 2 x 6 linears of the blocks
+    linears = [m for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
+    groups = sum(m.out_features * (m.in_features // (group_size or m.in_features)) for m in linears)
+    weights = sum(m.out_features * m.in_features for m in linears)
+    assert view.bits_per_weight == pytest.approx(bits + 32 * groups / weights)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group_size", [32, None])
+def test_rtn_spec_is_the_layers_weight_spec(bits, group_size):
+    assert rtn_spec(bits, group_size) == weight_spec(bits, group_size, False)
+    assert rtn_recipe(bits, group_size).weight_spec() == weight_spec(bits, group_size, False)
+
+
+def test_dequantized_model_computes_what_the_layers_compute():
+    model, w = tiny_model(), windows()
+    qmodel = quantize_model(model, QuantRecipe("weight_only", bits=4, group_size=32))
+    fast = dequantized_model(quantize_model(model, QuantRecipe("weight_only", bits=4, group_size=32)))
+    assert not any(isinstance(m, WeightOnlyLinear) for m in fast.modules())
+    torch.testing.assert_close(fast(w), qmodel(w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.blocks[1].mlp.fc.weight, qmodel.blocks[1].mlp.fc.dequantized_weight())
+
+
+def test_sweep_holds_the_slider_values_and_formats():
+    model, w = tiny_model(), windows()
+    sweep = rtn_sweep(model, w, bits=(2, 4), group_sizes=(32, None))
+    assert isinstance(sweep, RTNSweep) and len(sweep.views) == 4
+    assert sweep.float_perplexity == pytest.approx(perplexity_on(model, w).perplexity)
+    x, y, bits = sweep.curve(32)
+    assert bits == [2, 4] and y[0] == pytest.approx(rtn_view(model, 2, 32, w, n_tokens=0).perplexity)
+    assert x[0] < x[1]
+    text = format_sweep(sweep)
+    assert "per-channel ppl" in text and "g32 ppl" in text and len(text.splitlines()) == 4
+    fig = plot_rtn(sweep.views[1], sweep)
+    assert len(fig.axes[0].lines) == 4  # two curves, the float line, the slider's star
+    matplotlib.pyplot.close(fig)
+
+
+def test_static_ranges_are_the_largest_input_magnitudes():
+    model, calib = tiny_model(), windows(4, 32, seed=2)
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.__setitem__(n, max(seen.get(n, 0.0), float(args[0].abs().max()))))
+             for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for b in calib.split(3):
+            model(b)
+    for h in hooks:
+        h.remove()
+    ranges = static_act_ranges(model, calib, batch_size=3)
+    assert set(ranges) == set(seen)
+    for name, r in ranges.items():
+        assert isinstance(r, CalibrationResult) and r.lo.dim() == 0
+        assert float(r.amax) == pytest.approx(seen[name], rel=1e-6)
+
+
+def test_table_rows_equal_each_swapped_model():
+    model, w, calib = tiny_model(), windows(), windows(4, 32, seed=2)
+    ranges = static_act_ranges(model, calib)
+    schemes = {**SCHEMES, "int4 weight-only g128": QuantRecipe(bits=4, group_size=32)}  # the tiny model is 64 wide
+    rows = ptq_table(model, w, ranges, schemes, prompt="x = ", n_tokens=5)
+    assert [r.name for r in rows] == ["float", "int8 weight-only", "int4 weight-only g128", "W8A8 dynamic", "W8A8 static"]
+    assert rows[0].perplexity == pytest.approx(perplexity_on(model, w).perplexity)
+    assert rows[0].sample == generate(model, "x = ", 5)
+    static = quantize_model(model, QuantRecipe("w8a8", act="static"), act_ranges=ranges)
+    assert isinstance(static.blocks[0].attn.q, W8A8Linear) and static.blocks[0].attn.q.act == "static"
+    assert rows[4].perplexity == pytest.approx(perplexity_on(static, w).perplexity, rel=1e-9)
+    assert rows[4].sample == generate(static, "x = ", 5)
+    assert rows[1].size_bytes < rows[0].size_bytes
+    assert "vs float" in format_ptq_table(rows) and "--- W8A8 static" in format_samples(rows)
+
+
+def test_bad_slider_values_raise():
+    with pytest.raises(ValueError, match="bits"):
+        rtn_spec(9, 128)
+    with pytest.raises(ValueError, match="group_size"):
+        rtn_spec(4, 0)
+    with pytest.raises(ValueError, match="group_size 48 does not divide"):
+        rtn_view(tiny_model(), 4, 48, windows())
+    with pytest.raises(ValueError, match="calib_tokens"):
+        static_act_ranges(tiny_model(), torch.zeros(5, dtype=torch.long))
+    assert set(GROUP_SIZES.values()) == {32, 64, 128, None}
