@@ -4,9 +4,10 @@ For every widget, the callback is run for seeded random slider positions and tim
 function alone, and the whole callback as Jupyter's inline backend runs it (compute, plot, render the
 PNG, close). Prints p50 / p95 in milliseconds.
 
-    python benchmarks/bench_widgets.py [--repeats N] [--train-state runs/train/train_state.pt]
+    python benchmarks/bench_widgets.py [--repeats N] [--threads 1] [--train-state runs/train/train_state.pt]
 
-``--train-state`` uses a training state instead of the shipped checkpoint (before it exists).
+``--threads`` defaults to 1, as the notebooks set it; ``--train-state`` uses a training state instead
+of the shipped checkpoint (before it exists).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def timed(label: str, fn: Callable[[], object]) -> object:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-state", default=None)
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}, torch threads {torch.get_num_threads()}")
     model = load(args.train_state)
     w = model.blocks[0].mlp.fc.weight.detach()

@@ -23,6 +23,7 @@
 # %%
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import torch
 
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
@@ -31,6 +32,7 @@ from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibra
                                       format_calibration_table, layer_input, make_calibrators, peak_to_mean,
                                       plot_calibration, w8a8_static_perplexity, with_percentile)
 
+torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
 model = load_model()
 tokens = calibration_samples(8, 256, seed=0)  # 8 random windows of 256 bytes of the training split
 
@@ -66,9 +68,11 @@ plt.show()
 
 # %% [markdown]
 # Reading the figure: MinMax keeps the single largest value and pays with a coarse step for all the
-# others. Clipping a tiny fraction of the values buys a finer step for the rest; Entropy and MSE find
-# where that stops paying. MovingAverageMinMax follows the *typical* batch maximum rather than the
-# largest one: with only 4 batches and $c = 0.01$ it stays close to the first batch's range.
+# others. Clipping a tiny fraction of the values buys a finer step for the rest; MSE finds where that
+# stops paying for this tensor's values. Entropy minimises a different loss: the KL divergence compares
+# the *shapes* of two histograms, not the values, so on a long thin tail it may clip far more than
+# the MSE optimum (compare their SQNR). MovingAverageMinMax follows the *typical* batch maximum rather
+# than the largest one: with only 4 batches and $c = 0.01$ it stays close to the first batch's range.
 #
 # ## Try it: the percentile
 # The percentile calibrator's only knob. The figure and the table follow; `p = 100` is MinMax

@@ -20,6 +20,7 @@
 # %%
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import torch
 
 from qlab.capture import capture_activations
 from qlab.checkpoint import load_model
@@ -28,6 +29,7 @@ from qlab.granularity import PerGroup
 from qlab.lessons.calibration import layer_input, peak_to_mean
 from qlab.lessons.formats import FORMATS, format_score_table, grid_view, plot_grid, score_formats, synthetic_samples
 
+torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
 model = load_model()
 tokens = calibration_samples(4, 256, seed=0)
 with capture_activations(model) as stats:
