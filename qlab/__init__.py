@@ -23,3 +23,8 @@ from qlab.calibrators import CALIBRATORS, CalibrationResult, make_calibrator
 from qlab.layers import FP8Linear, LLMInt8Linear, QuantRecipe, W8A8Linear, WeightOnlyLinear
 from qlab.layers.swap import model_size_bytes, quantize_model
 from qlab.algorithms.rtn import rtn_quantize
+
+# The shipped model, its evaluation and its data.
+from qlab.checkpoint import load_model
+from qlab.evaluate import generate, perplexity
+from qlab.corpus import calibration_samples

@@ -16,10 +16,18 @@ from qlab.calibrators import Percentile
 from qlab.evaluate import perplexity_on
 from qlab.lessons.calibration import (CALIBRATOR_NAMES, CalibratorBank, calibrate_model, calibrate_tensor,
                                       calibration_view, format_calibration_table, layer_input, make_calibrators,
-                                      peak_to_mean,
-                                      plot_calibration, w8a8_static_perplexity, with_percentile)
+                                      peak_to_mean, plot_calibration, w8a8_static_perplexity, with_percentile)
 from qlab.metrics import sqnr_db
 from qlab.model import GPT, PRESETS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_model():

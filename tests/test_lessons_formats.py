@@ -14,6 +14,16 @@ from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, fo
 from qlab.metrics import mse, sqnr_db
 from qlab.quantize import fake_quantize
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # bitsandbytes' NF4 code book (functional.py, get_4bit_type("nf4")), as published
 NF4_BNB = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,

@@ -16,6 +16,14 @@ import nbformat
 from nbconvert.preprocessors import ExecutePreprocessor
 
 
+class Executor(ExecutePreprocessor):
+    """nbclient waits for a widget's comm to close after an ``interact`` cell (jupyter/nbclient#312):
+    ignore widget comms so the build does not hang until its timeout."""
+
+    def on_comm_open_jupyter_widget(self, msg):
+        return None
+
+
 def parse(source: str) -> list:
     cells, kind, lines = [], None, []
 
@@ -41,7 +49,7 @@ def build(src: Path) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = parse(src.read_text())
     out = src.parent.parent / (src.stem + ".ipynb")
-    ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(out.parent)}})
+    Executor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(out.parent)}})
     nbformat.write(nb, out)
     return out
 
