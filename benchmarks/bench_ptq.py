@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  sensitivities (val split, fast): {sens.seconds:.0f} s for {len(sens.layers)} layers x "
               f"{len(sens.candidates)} candidates")
         out["mixed"] = []
+        float_fast = perplexity(model, "test", "fast").perplexity
+        print(f"  float {float_fast:.4f} (test, fast)")
         budgets = [(rtn[b].bits_per_weight, f"uniform {b}-bit RTN", rtn[b]) for b in (4, 3)]
         budgets.append((rtn[failing].bits_per_weight + 0.5, f"{failing}-bit + 0.5", None))
         for budget, what, uniform in budgets:
@@ -154,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 quantize_model(model, QuantRecipe(bits=uniform.wbits, group_size=128)), "test", "fast").perplexity
             print(f"  budget of {what}: search {search_ms:.1f} ms {verdict(search_ms < 50)}, "
                   f"measure {measure_s:.2f} s {verdict(measure_s < 2)}")
-            print(f"    {plan.summary()}" + ("" if uniform_fast is None else
-                                             f"; uniform RTN {uniform_fast:.4f} (test, fast)"))
+            print(f"    {plan.summary()}, {100 * (plan.measured_perplexity / float_fast - 1):+.2f}% vs float"
+                  + ("" if uniform_fast is None else
+                     f"; uniform RTN {uniform_fast:.4f} ({100 * (uniform_fast / float_fast - 1):+.2f}%)"))
             out["mixed"].append({"budget": budget, "search_ms": search_ms, "measure_s": measure_s,
                                  "predicted": plan.predicted_perplexity, "measured": plan.measured_perplexity,
                                  "uniform_rtn_fast": uniform_fast, "bits": dict(plan.bits)})

@@ -233,7 +233,7 @@ def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int
                          seed=seed, mode=mode, float_perplexity=rows[0].perplexity if rows else None)
         rows.append(row)
         if log is not None:
-            log(f"{row.method:<12} {row.scheme:<42} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
+            log(f"{row.method:<12} {row.scheme:<48} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
                 f"{row.size_mb:.2f} MB, {row.quantize_s:.1f} s")
     return rows
 

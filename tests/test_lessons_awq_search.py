@@ -23,6 +23,15 @@ from qlab.model import GPT, PRESETS
 from qlab.quantize import fake_quantize
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def salient_model():
     """The tiny GPT with two input channels that see large activations (ln weights 8x on channels 3, 40)."""
     torch.manual_seed(0)

@@ -16,6 +16,15 @@ from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def problem(N=40, K=64, M=512, seed=0):
     """A weight and the Hessian of correlated inputs (one input always 0: a dead column)."""
     g = torch.Generator().manual_seed(seed)

@@ -19,6 +19,15 @@ from qlab.lessons.ptq import (GROUP_SIZES, SCHEMES, RTNSweep, dequantized_model,
 from qlab.model import GPT, PRESETS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model():
     torch.manual_seed(0)
     return GPT(PRESETS["tiny"]).eval()
@@ -28,7 +37,7 @@ def windows(n=3, length=33, seed=1):
     return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("bits,group_size", [(2, 32), (3, None), (4, 64), (5, 32), (8, None)])
+@pytest.mark.parametrize("bits,group_size", [(2, 32), (3, None), (5, 32), (8, 64)])
 def test_slider_equals_the_swapped_model(bits, group_size):
     model, w = tiny_model(), windows()
     view = rtn_view(model, bits, group_size, w, prompt="def ", n_tokens=6)

@@ -18,10 +18,20 @@ from qlab.evaluate import perplexity_on
 from qlab.layers import LLMInt8Linear, W8A8Linear
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons.smoothing import (ALPHAS, SmoothingCurve, channel_profile, format_int8_table,
-                                    format_smoothing_curve, format_smoothquant_table, groups_from_stats, llm_int8_sweep, naive_w8a8,
-                                    plot_channel_profile, plot_smoothing, relative_error, smoothing_curve,
-                                    smoothing_setup, smoothing_view, smoothquant_table, w8a8_error)
+                                    format_smoothing_curve, format_smoothquant_table, groups_from_stats,
+                                    llm_int8_sweep, naive_w8a8, plot_channel_profile, plot_smoothing,
+                                    relative_error, smoothing_curve, smoothing_setup, smoothing_view,
+                                    smoothquant_table, w8a8_error)
 from qlab.model import GPT, PRESETS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def outlier_model():

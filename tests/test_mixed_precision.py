@@ -182,6 +182,8 @@ def test_measured_plan_equals_quantize_model_with_the_plan(model, sens):
         assert isinstance(layer, WeightOnlyLinear) and layer.spec.bits == recipe.bits
         assert torch.equal(layer.dequantized_weight(), reference.get_submodule(name).dequantized_weight())
     assert "measured" in measured.summary()
+    assert plan.reference_perplexity == pytest.approx(math.exp(sens.base_nll))
+    assert plan.predicted_change_pct == pytest.approx(100 * (plan.predicted_perplexity / math.exp(sens.base_nll) - 1))
 
 
 def test_mixed_precision_in_one_call(model):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.ao.quantization import PerChannelMinMaxObserver
 
-from qlab import PerAxis, PerGroup, QuantSpec, fake_quantize
+from qlab import PerAxis, PerGroup, QuantSpec
 from qlab.algorithms.qat import QATLinear, convert_qat, prepare_qat, train_qat
 from qlab.algorithms.rtn import rtn_quantize
 from qlab.corpus import calibration_samples

@@ -111,7 +111,7 @@ def show(N, K, log2_M):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-timing = cpu_timing(N=1024, K=1024, m_values=(1, 16, 256, 2048), repeats=5)
+timing = cpu_timing(N=1024, K=1024, m_values=(1, 16, 256, 2048), repeats=3)
 print(timing.table())
 plot_cpu_timing(timing)
 plt.show()

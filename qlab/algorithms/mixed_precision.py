@@ -282,23 +282,34 @@ def pareto_front_dp(cost: Tensor, loss: Tensor) -> ParetoFront:
 
 @dataclass(frozen=True)
 class MixedPrecisionPlan:
-    """A bit width per layer: ``recipes`` is a per-layer recipe for ``quantize_model``."""
+    """A bit width per layer: ``recipes`` is a per-layer recipe for ``quantize_model``.
+
+    The prediction lives on the sensitivities' split (validation): compare ``predicted_change_pct``,
+    not the perplexity itself, with a measurement on the test split.
+    """
 
     bits: Mapping[str, int]
     recipes: Mapping[str, QuantRecipe]
     bits_per_weight: float                  # achieved average effective bits (weights-weighted)
     budget: float
-    predicted_perplexity: float             # additive model
+    predicted_perplexity: float             # additive model, on the sensitivities' split
+    reference_perplexity: float             # the float model's, on the same windows
     measured_perplexity: Optional[float] = None
     measured_split: Optional[str] = None
+
+    @property
+    def predicted_change_pct(self) -> float:
+        """The additive model's perplexity change against float, in %."""
+        return 100 * (self.predicted_perplexity / self.reference_perplexity - 1)
 
     def summary(self) -> str:
         counts = {b: list(self.bits.values()).count(b) for b in sorted(set(self.bits.values()))}
         spread = ", ".join(f"{n} layers at {b} bits" for b, n in counts.items())
         measured = ("" if self.measured_perplexity is None else
-                    f", measured {self.measured_perplexity:.4f} ({self.measured_split})")
+                    f"; measured {self.measured_perplexity:.4f} ({self.measured_split})")
         return (f"budget {self.budget:.3f} bits/weight -> {self.bits_per_weight:.3f} ({spread}); "
-                f"perplexity predicted {self.predicted_perplexity:.4f}{measured}")
+                f"predicted perplexity {self.predicted_perplexity:.4f} ({self.predicted_change_pct:+.2f}% vs "
+                f"float {self.reference_perplexity:.4f} on the sensitivities' windows){measured}")
 
 
 def _check_budget(sens: LayerSensitivity, budget: float) -> float:
@@ -331,7 +342,8 @@ def search_plan(sens: LayerSensitivity, budget: float) -> MixedPrecisionPlan:
         bits=MappingProxyType({n: sens.candidates[c].bits for n, c in zip(sens.layers, choices)}),
         recipes=MappingProxyType({n: sens.candidates[c] for n, c in zip(sens.layers, choices)}),
         bits_per_weight=cost / total, budget=budget,
-        predicted_perplexity=math.exp(sens.base_nll + float(sens.search_loss[rows, chosen].sum())))
+        predicted_perplexity=math.exp(sens.base_nll + float(sens.search_loss[rows, chosen].sum())),
+        reference_perplexity=math.exp(sens.base_nll))
 
 
 def _free_upgrades(sens: LayerSensitivity, choices: list[int], limit: float) -> list[int]:

@@ -62,10 +62,10 @@ def block_linears(model: nn.Module) -> list[str]:
 
 def plot_hessian(H: Tensor, name: str = "") -> plt.Figure:
     """Left: H as a heatmap (symmetric log colour scale); right: its diagonal, sum of x_k^2 per input."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": (1, 1.4)})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": (1, 1.4)})
     h = H.double()
     lim = float(h.abs().max())
-    im = axes[0].imshow(h.numpy(), cmap="RdBu_r", norm=SymLogNorm(lim / 100, vmin=-lim, vmax=lim))
+    im = axes[0].imshow(h.numpy(), cmap="RdBu_r", norm=SymLogNorm(lim / 100, vmin=-lim, vmax=lim), interpolation="nearest")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
     axes[0].set(title=f"H = 2/M X^T X {name}", xlabel="input k", ylabel="input k")
     axes[1].plot(torch.diag(h).numpy(), lw=1)

@@ -31,6 +31,7 @@ their references; ``find_gpu_results`` reads the benchmark files ``qlab bench`` 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import time
@@ -152,9 +153,9 @@ def plot_roofline(view: RooflineView, mark_m: int | None = None) -> plt.Figure:
     """Left: the roofline (log-log), each kind's points at every M. Right: ideal speedup over fp16 vs M."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
     i_all = [i for k in KINDS for i in view.intensity[k]]
-    xs = torch.logspace(torch.log10(torch.tensor(min(i_all) / 2)), torch.log10(torch.tensor(max(i_all) * 2)), 200)
+    xs = torch.logspace(math.log10(min(i_all) / 2), math.log10(max(i_all) * 2), 200, dtype=torch.float64)
     for name, peak, style in (("bf16 / fp16 peak", view.peaks["fp16"], "-"), ("int8 peak", view.peaks["w8a8"], "--")):
-        ax.plot(xs, torch.clamp(xs * view.bandwidth, max=peak) / 1e12, "k", ls=style, lw=1, label=name)
+        ax.plot(xs.tolist(), (torch.clamp(xs * view.bandwidth, max=peak) / 1e12).tolist(), "k", ls=style, lw=1, label=name)
     for k in KINDS:
         ax.plot(view.intensity[k], [a / 1e12 for a in view.attainable[k]], "o", ms=4, color=COLORS[k], label=k)
         bx.plot(view.m_values, view.speedup[k], "-o", ms=3, color=COLORS[k], label=k)

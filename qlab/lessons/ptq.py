@@ -212,10 +212,9 @@ def plot_rtn(view: RTNView, sweep: RTNSweep) -> plt.Figure:
             ax.annotate(str(b), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axhline(sweep.float_perplexity, color="k", ls="--", lw=1, label="float")
     ax.plot(view.bits_per_weight, view.perplexity, "r*", ms=14, label="slider")
-    ax.set_yscale("log")
     ax.set(xlabel="bits per weight (codes + fp16 scale and zero)", ylabel="perplexity (fast)",
            title=f"RTN: int{view.bits}, {'per-channel' if view.group_size is None else f'group {view.group_size}'}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper right")
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)  # tight_layout is slow for a slider
     return fig
 

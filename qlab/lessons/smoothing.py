@@ -247,7 +247,7 @@ def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") 
         ax.plot(c, before.numpy(), color="0.6", lw=1, label="before")
         ax.plot(c, after.numpy(), color="tab:blue", lw=1, label=f"after (alpha {view.alpha:.2f})")
         ax.set(xlabel="input channel", ylabel=what, title=f"{what} per channel")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" is slow to find on a slider
     ax = axes[2]
     for values, naive, name, color in ((curve.per_tensor, curve.naive_per_tensor, "per-tensor", "tab:red"),
                                        (curve.per_token, curve.naive_per_token, "per-token", "tab:green")):
@@ -256,7 +256,7 @@ def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") 
     ax.axvline(view.alpha, color="k", ls="--", lw=1)
     ax.set_ylim(bottom=0)
     ax.set(xlabel="alpha", ylabel="relative output error", title=title or "W8A8 error of the group")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.25)  # tight_layout is slow for a slider
     return fig
 
