@@ -126,6 +126,18 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alpha(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--alpha must be a number in [0, 1] or 'auto', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--alpha must be a number in [0, 1] or 'auto', got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qlab", description="qlab: a workbench for teaching quantization")
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--abits", type=int, default=None, help="activation bits (8 for the W8A8 methods)")
     q.add_argument("--act", choices=("per_token", "per_tensor"), default="per_token",
                    help="activation scales of w8a8 / smoothquant")
-    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    q.add_argument("--alpha", type=_alpha, default=0.5,
+                   help="SmoothQuant migration strength in [0, 1], or 'auto' (searched per norm group)")
     q.add_argument("--calib", type=int, default=128, help="calibration samples (windows of the train split)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--fast", action="store_true", help="fast perplexity (a fixed subset of the test split)")

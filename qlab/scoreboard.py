@@ -50,13 +50,16 @@ ACT_METHODS = ("smoothquant", "w8a8", "llm_int8", "fp8")   # int8 / fp8 weights 
 ACT_MODES = ("per_token", "per_tensor")
 EXCLUDE = ("lm_head",)
 
-# The standard set of ``qlab ptq --all``: (method, wbits, group_size, act)
+# The standard set of ``qlab ptq --all``: (method, wbits, group_size, act[, alpha])
 STANDARD_SET = (
     ("float", None, None, None),
     ("rtn", 8, None, None), ("rtn", 4, 128, None), ("gptq", 4, 128, None), ("awq", 4, 128, None),
     ("rtn", 3, 128, None), ("gptq", 3, 128, None), ("awq", 3, 128, None),
+    ("rtn", 2, 128, None), ("gptq", 2, 128, None), ("awq", 2, 128, None),
+    ("mixed", 3.5, 128, None), ("mixed", 3.0, 128, None),
     ("w8a8", 8, None, "per_token"), ("w8a8", 8, None, "per_tensor"),
     ("smoothquant", 8, None, "per_token"), ("smoothquant", 8, None, "per_tensor"),
+    ("smoothquant", 8, None, "per_token", "auto"), ("smoothquant", 8, None, "per_tensor", "auto"),
     ("llm_int8", 8, None, None), ("fp8", 8, None, None),
 )
 
@@ -119,7 +122,7 @@ def _naive_w8a8(model: nn.Module, calib: torch.Tensor, act: str) -> nn.Module:
 
 
 def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], act: str,
-              calib: torch.Tensor, alpha: float) -> nn.Module:
+              calib: torch.Tensor, alpha: float | str) -> nn.Module:
     if method == "float":
         return model
     if method == "rtn":
@@ -149,7 +152,7 @@ def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], a
     return plan_model(model, search_plan(sens, float(wbits)), sens)
 
 
-def _scheme(method: str, wbits, group_size: Optional[int], act: str, alpha: float) -> str:
+def _scheme(method: str, wbits, group_size: Optional[int], act: str, alpha: float | str) -> str:
     where = "per-channel" if group_size is None else f"g{group_size}"
     acts = act.replace("_", "-")
     return {
@@ -158,7 +161,7 @@ def _scheme(method: str, wbits, group_size: Optional[int], act: str, alpha: floa
         "awq": f"int{wbits} {where} asym",
         "mixed": f"2/3/4/8-bit {where}, budget {wbits:g} bits/weight" if wbits is not None else "",
         "w8a8": f"W8A8 naive, {acts} activations",
-        "smoothquant": f"W8A8 SmoothQuant a={alpha:g}, {acts} activations",
+        "smoothquant": f"W8A8 SmoothQuant a={alpha if alpha == 'auto' else format(alpha, 'g')}, {acts} activations",
         "llm_int8": "LLM.int8(), threshold 6", "fp8": "fp8 e4m3 W + A, per-tensor activations",
     }[method]
 
@@ -196,7 +199,7 @@ def _check_args(method: str, wbits, group_size, abits, act: str, mode: str) -> t
 
 def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
                abits: Optional[int] = None, *, act: str = "per_token", calib_samples: int = 128, seed: int = 0,
-               mode: str = "full", alpha: float = 0.5, float_perplexity: Optional[float] = None) -> ScoreRow:
+               mode: str = "full", alpha: float | str = 0.5, float_perplexity: Optional[float] = None) -> ScoreRow:
     """Quantize a copy of ``model`` with ``method`` and measure it (see the module docstring).
 
     wbits: weight bits (default 4 for weight-only methods; the average-bits budget for "mixed");
@@ -228,9 +231,10 @@ def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int
     """``STANDARD_SET`` on ``model``, float first (its perplexity is the reference of the others);
     ``log`` gets one line per finished row (None: silent)."""
     rows: list[ScoreRow] = []
-    for method, wbits, group_size, act in STANDARD_SET:
+    for method, wbits, group_size, act, *alpha in STANDARD_SET:
         row = run_method(model, method, wbits, group_size, act=act or "per_token", calib_samples=calib_samples,
-                         seed=seed, mode=mode, float_perplexity=rows[0].perplexity if rows else None)
+                         seed=seed, mode=mode, alpha=alpha[0] if alpha else 0.5,
+                         float_perplexity=rows[0].perplexity if rows else None)
         rows.append(row)
         if log is not None:
             log(f"{row.method:<12} {row.scheme:<48} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "

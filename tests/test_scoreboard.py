@@ -154,7 +154,10 @@ def test_ptq_arguments_parse():
         ("gptq", 4.0, 128, 8, 64, True, "out.json")
     args = cli.build_parser().parse_args(["ptq", "--all", "--group-size", "channel"])
     assert args.all and args.method is None and args.group_size is None and not args.fast and args.calib == 128
-    for bad in (["ptq", "--method", "hqq"], ["ptq", "--method", "rtn", "--group-size", "-3"]):
+    assert cli.build_parser().parse_args(["ptq", "--method", "smoothquant", "--alpha", "auto"]).alpha == "auto"
+    assert cli.build_parser().parse_args(["ptq", "--method", "smoothquant", "--alpha", "0.75"]).alpha == 0.75
+    for bad in (["ptq", "--method", "hqq"], ["ptq", "--method", "rtn", "--group-size", "-3"],
+                ["ptq", "--method", "smoothquant", "--alpha", "1.5"], ["ptq", "--alpha", "best"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(bad)
 
@@ -171,7 +174,10 @@ def test_ptq_command_runs(model, monkeypatch, tmp_path, capsys):
         cli.main(["ptq"])
     with pytest.raises(SystemExit, match="--wbits must be an integer"):
         cli.main(["ptq", "--method", "rtn", "--wbits", "3.5", "--fast"])
-    monkeypatch.setattr(sb, "STANDARD_SET", (("float", None, None, None), ("rtn", 8, None, None)))
+    monkeypatch.setattr(sb, "STANDARD_SET", (("float", None, None, None), ("rtn", 8, None, None),
+                                             ("smoothquant", 8, None, "per_token", "auto")))
     assert cli.main(["ptq", "--all", "--fast", "--out-dir", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.glob("scoreboard-*"))
     assert len(written) == 2 and written[0].endswith(".json") and written[1].endswith(".png")
+    rows = sb.load_json(tmp_path / written[0])
+    assert [r.method for r in rows] == ["float", "rtn", "smoothquant"] and "a=auto" in rows[2].scheme

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from qlab.algorithms.smoothquant import (collect_smoothing_groups, smooth_model, smoothing_effect,
-                                         smoothing_scales, smoothquant_quantize_model)
+from qlab.algorithms.smoothquant import (ALPHA_GRID, apply_smoothing, collect_smoothing_groups, group_rows,
+                                         search_alphas, smooth_model, smoothing_effect, smoothing_scales,
+                                         smoothquant_quantize_model, w8a8_group_error)
 from qlab.calibrators.base import CalibrationResult
 from qlab.capture import capture_activations
 from qlab.layers.swap import QuantRecipe, quantize_model
@@ -147,6 +148,88 @@ def test_static_scales_equal_a_calibration_of_the_smoothed_model():
     mods = dict(sq.named_modules())
     for name, s in stats.items():
         assert float(mods[name].act_scale) == pytest.approx(float(s.absmax.max()) / 127, rel=1e-5)
+
+
+@pytest.mark.parametrize("act", ["per_token", "per_tensor"])
+def test_group_error_equals_the_w8a8_layers_of_the_smoothed_model(act):
+    """w8a8_group_error (the search's loss) against the real thing: smooth the model with those scales,
+    swap the group's linears for W8A8Linear and run them on the same rows."""
+    model = outlier_gpt()
+    groups = collect_smoothing_groups(model, CALIB)
+    g = groups[0]
+    x = group_rows(model, CALIB, [g], max_rows=200)[g.norm]
+    assert x.shape == (200, g.act_absmax.numel())
+    linears = [model.get_submodule(n) for n in g.linears]
+    weight = torch.cat([m.weight for m in linears]).detach()
+    bias = torch.cat([m.bias for m in linears]).detach()
+    for alpha in (None, 0.3, 0.8):
+        s = torch.ones_like(g.act_absmax) if alpha is None else smoothing_scales(g.act_absmax, g.weight_absmax, alpha)
+        smoothed = smooth_model(model, CALIB, alpha) if alpha is not None else model
+        amax = float((g.act_absmax / s).max())
+        outs = []
+        for n in g.linears:
+            lin = smoothed.get_submodule(n)
+            layer = (W8A8Linear.from_float(lin, act="dynamic") if act == "per_token" else
+                     W8A8Linear.from_float(lin, act="static", act_scale=torch.tensor(amax / 127)))
+            outs.append(layer(x / s))
+        with torch.no_grad():
+            y = torch.cat(outs, dim=1).double()
+            ref = (x.double() @ weight.double().T + bias.double())
+        expected = float((y - ref).pow(2).sum() / ref.pow(2).sum())
+        assert w8a8_group_error(x, weight, bias, s, act, g.act_absmax) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("act", ["per_token", "per_tensor"])
+def test_auto_alpha_takes_each_groups_best_and_never_loses_to_no_smoothing(act):
+    model = outlier_gpt()
+    groups = collect_smoothing_groups(model, CALIB)
+    found = search_alphas(model, CALIB, groups, act)
+    assert [r.norm for r in found] == [g.norm for g in groups]
+    for r in found:
+        assert r.alphas == ALPHA_GRID and len(r.errors) == len(ALPHA_GRID)
+        assert r.error <= r.naive_error
+        if r.alpha is None:
+            assert min(r.errors) >= r.naive_error
+        else:
+            assert r.errors[r.alphas.index(r.alpha)] == min(r.errors) < r.naive_error
+    assert all(r.alpha is not None for r in found)      # the outlier channels: smoothing helps everywhere
+    sq = smoothquant_quantize_model(model, CALIB, "auto", act)
+    assert sq.smoothquant_alphas == {r.norm: r.alpha for r in found}
+    # The same model as smoothing with those alphas by hand, then W8A8
+    by_hand = smooth_model(model, CALIB, 0.5)   # a copy; overwrite its smoothing with the searched alphas
+    by_hand.load_state_dict(model.state_dict())
+    apply_smoothing(by_hand, groups, {r.norm: r.alpha for r in found})
+    for g in groups:
+        for n in g.linears:
+            a, b = sq.get_submodule(n), W8A8Linear.from_float(by_hand.get_submodule(n), act="dynamic")
+            assert torch.equal(a.dequantized_weight(), b.dequantized_weight())
+    with torch.no_grad():
+        ref = model(HELD_OUT)
+        naive = mse(quantize_model(model, QuantRecipe("w8a8", act="dynamic"))(HELD_OUT), ref)
+        if act == "per_token":
+            assert mse(sq(HELD_OUT), ref) < 0.7 * naive
+
+
+def test_a_group_without_a_better_alpha_stays_unsmoothed():
+    """A grid of one bad alpha (0: every weight column's max becomes 1, the activations take it all):
+    the search keeps the group as it is, and apply_smoothing with None leaves its weights untouched."""
+    model = outlier_gpt()
+    groups = collect_smoothing_groups(model, CALIB)
+    found = search_alphas(model, CALIB, groups, "per_tensor", alphas=(0.0,))
+    assert any(r.alpha is None for r in found)
+    keep = {r.norm: r.alpha for r in found}
+    smoothed = smooth_model(model, CALIB, 0.5)
+    smoothed.load_state_dict(model.state_dict())
+    scales = apply_smoothing(smoothed, groups, keep)
+    for g in groups:
+        if keep[g.norm] is None:
+            assert torch.equal(scales[g.norm], torch.ones_like(g.act_absmax))
+            for n in g.linears:
+                assert torch.equal(smoothed.get_submodule(n).weight, model.get_submodule(n).weight)
+    with pytest.raises(ValueError, match="alpha"):
+        search_alphas(model, CALIB, groups, "per_token", alphas=(1.5,))
+    with pytest.raises(ValueError, match="act must be"):
+        search_alphas(model, CALIB, groups, "per_channel")
 
 
 def test_errors():

@@ -33,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from qlab.algorithms.smoothquant import (SmoothingGroup, input_absmax, smoothing_effect, smoothing_groups,
-                                         smoothquant_quantize_model)
+from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absmax, int8_spec, relative_error,
+                                         smoothing_effect, smoothing_groups, smoothquant_quantize_model,
+                                         w8a8_group_error)
 from qlab.calibrators import CalibrationResult
 from qlab.capture import ActivationStats, linear_layers
 from qlab.evaluate import perplexity_on
@@ -46,18 +47,7 @@ from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 
 ACTS = ("per_tensor", "per_token")
-ALPHAS = tuple(round(a / 20, 2) for a in range(21))   # the alpha slider: 0.00, 0.05, ..., 1.00
-
-
-def int8_spec(granularity) -> QuantSpec:
-    """SmoothQuant's W8A8 grid: symmetric absmax / 127 on the narrow range [-127, 127]."""
-    return QuantSpec("int", 8, symmetric=True, narrow_range=True, granularity=granularity)
-
-
-def relative_error(y: Tensor, y_ref: Tensor) -> float:
-    """||y - y_ref||^2 / ||y_ref||^2, in float64."""
-    y, y_ref = y.detach().double(), y_ref.detach().double()
-    return float((y - y_ref).pow(2).sum() / y_ref.pow(2).sum())
+ALPHAS = ALPHA_GRID   # the alpha slider: 0.00, 0.05, ..., 1.00 (the grid of alpha="auto")
 
 
 # ----------------------------------------------------------------------------- outliers
@@ -173,16 +163,7 @@ def smoothing_setup(model: nn.Module, group: SmoothingGroup, x: Tensor) -> Smoot
 
 def w8a8_error(setup: SmoothingSetup, scales: Tensor, act: str) -> float:
     """Relative output error of the group's W8A8 product with smoothing scales ``scales`` (ones: none)."""
-    if act not in ACTS:
-        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
-    xs, ws = setup.x / scales, setup.weight * scales                     # (M, C), (N, C)
-    w_hat = fake_quantize(ws, int8_spec(PerAxis(0)))                     # per output channel
-    if act == "per_tensor":
-        amax = float((setup.act_absmax / scales).max())                  # the calibrated static range
-        x_hat = fake_quantize(xs, int8_spec(PerTensor()), lo=-amax, hi=amax)
-    else:
-        x_hat = fake_quantize(xs, int8_spec(PerToken()))
-    return relative_error(F.linear(x_hat, w_hat, setup.bias), F.linear(setup.x, setup.weight, setup.bias))
+    return w8a8_group_error(setup.x, setup.weight, setup.bias, scales, act, setup.act_absmax)
 
 
 @dataclass(frozen=True)
