@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_mixed:
         print("\n== mixed precision (2/3/4/8-bit g128 RTN candidates)")
-        sens = layer_sensitivity(model)
+        sens = layer_sensitivity(model, n_windows=sb.SENSITIVITY_WINDOWS)
         print(f"  sensitivities (val split, fast): {sens.seconds:.0f} s for {len(sens.layers)} layers x "
               f"{len(sens.candidates)} candidates")
         out["mixed"] = []

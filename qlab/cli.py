@@ -104,7 +104,7 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     if args.all:
         rows = sb.run_standard_set(model, mode=mode, calib_samples=args.calib, seed=args.seed)
         out = Path(args.out_dir)
-        json_path = sb.save_json(rows, out / f"scoreboard-{sb.machine_slug()}.json")
+        json_path = sb.save_json(rows, out / f"scoreboard-{sb.machine_slug()}.json", calib_samples=args.calib)
         png_path = json_path.with_suffix(".png")
         sb.plot_pareto(rows).savefig(png_path, dpi=120)
         print(sb.scoreboard(rows))
@@ -122,7 +122,7 @@ def cmd_ptq(args: argparse.Namespace) -> int:
                                       float_perplexity=rows[0].perplexity))
         print(sb.scoreboard(rows))
     if args.json:
-        print(f"wrote {sb.save_json(rows, args.json)}")
+        print(f"wrote {sb.save_json(rows, args.json, calib_samples=args.calib)}")
     return 0
 
 

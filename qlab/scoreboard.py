@@ -15,7 +15,8 @@ The same layout as the result tables of the GPTQ, AWQ and SmoothQuant papers, pl
     smoothquant  SmoothQuant alpha=0.5, then the same W8A8 (qlab.algorithms.smoothquant)
     llm_int8     LLM.int8(): int8 with outlier columns (|x| >= 6) in float         8, chan.   8 + float outliers
     fp8          fp8 e4m3 weights and activations, absmax scaled                 8 (e4m3)   8 (e4m3), per tensor
-    mixed        mixed precision under a bits-per-weight budget = wbits (qlab.algorithms.mixed_precision)
+    mixed        mixed precision under a bits-per-weight budget = wbits (qlab.algorithms.mixed_precision),
+                 2/3/4/8-bit RTN candidates, sensitivities on 64 validation windows
 
 Every method leaves ``lm_head`` in float (the reference implementations do), and calibrates on the
 same ``calib_samples`` seeded windows of the train split. ``pareto_front`` keeps the rows no other row
@@ -49,6 +50,7 @@ WEIGHT_ONLY = ("rtn", "gptq", "awq", "mixed")
 ACT_METHODS = ("smoothquant", "w8a8", "llm_int8", "fp8")   # int8 / fp8 weights AND activations
 ACT_MODES = ("per_token", "per_tensor")
 EXCLUDE = ("lm_head",)
+SENSITIVITY_WINDOWS = 64   # validation windows of the "mixed" sensitivities: 16 overfit the search to them
 
 # The standard set of ``qlab ptq --all``: (method, wbits, group_size, act[, alpha])
 STANDARD_SET = (
@@ -148,7 +150,7 @@ def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], a
         return quantize_model(model, QuantRecipe("fp8", fmt="e4m3", act="per_tensor"), exclude=EXCLUDE)
     from qlab.algorithms.mixed_precision import layer_sensitivity, plan_model, search_plan
 
-    sens = layer_sensitivity(model, group_size=group_size)
+    sens = layer_sensitivity(model, group_size=group_size, n_windows=SENSITIVITY_WINDOWS)
     return plan_model(model, search_plan(sens, float(wbits)), sens)
 
 
@@ -253,7 +255,8 @@ def short_label(row: ScoreRow) -> str:
     if row.method == "float":
         return "float"
     if row.method in ("w8a8", "smoothquant"):
-        return f"{row.method} {'per-tensor' if 'per-tensor' in row.scheme else 'per-token'}"
+        auto = " auto" if "a=auto" in row.scheme else ""
+        return f"{row.method}{auto} {'per-tensor' if 'per-tensor' in row.scheme else 'per-token'}"
     if row.method in ACT_METHODS:
         return row.method
     where = "ch" if row.group_size is None else f"g{row.group_size}"
@@ -338,14 +341,18 @@ def machine_slug(description: Optional[str] = None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", description).strip("_") or "machine"
 
 
-def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[str] = None) -> Path:
-    """Write ``{"machine", "torch", "rows": [...]}`` to ``path``."""
+def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[str] = None,
+              calib_samples: Optional[int] = None) -> Path:
+    """Write ``{"machine", "torch", "date", ["calib_samples"], "rows": [...]}`` to ``path``."""
     from qlab.train import machine_description
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine or machine_description(), "torch": torch.__version__,
-              "rows": [r.to_dict() for r in rows]}
+              "date": time.strftime("%Y-%m-%d")}
+    if calib_samples is not None:
+        record["calib_samples"] = calib_samples
+    record["rows"] = [r.to_dict() for r in rows]
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -153,6 +153,23 @@ def test_sensitivity_equals_quantizing_that_layer_alone(model, sens):
     assert sens.delta_perplexity.shape == (6, 3)
 
 
+def test_sensitivity_on_more_windows_equals_those_windows(model):
+    """n_windows: the same measurement on that many evenly spaced windows of the split."""
+    from qlab.corpus import load_corpus
+    from qlab.evaluate import eval_windows, perplexity_on
+
+    wide = layer_sensitivity(model, (2,), group_size=128, include="blocks.0.mlp.*", n_windows=40)
+    windows = eval_windows(load_corpus().split("val"), CFG.block_size, "fast", 40)
+    assert windows.shape[0] == 40
+    base = perplexity_on(model, windows).nll
+    assert wide.base_nll == pytest.approx(base, rel=1e-12)
+    one = quantize_model(model, {wide.layers[1]: wide.candidates[0]})
+    assert wide.delta_nll[1, 0] == pytest.approx(perplexity_on(one, windows).nll - base, rel=1e-9, abs=1e-12)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="n_windows"):
+            layer_sensitivity(model, (2,), n_windows=bad)
+
+
 def test_sensitivity_bits_are_the_effective_bits_of_the_stored_layers(model, sens):
     """fp32 model -> fp32 scale and zero per group: bits + 64 / 128 (qlab.sizes' formula)."""
     assert sens.layers == ("blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v", "blocks.0.attn.proj",

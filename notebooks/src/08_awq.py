@@ -28,6 +28,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
+from qlab.lessons import fast_inline_figures
 from qlab import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
@@ -37,6 +38,7 @@ from qlab.lessons.awq_search import (awq_table, clip_summary, format_awq_table, 
                                      plot_scale_view, salient_table, scale_search, scale_view)
 from qlab.lessons.calibration import layer_input
 
+fast_inline_figures()  # draw each figure once, without the tight crop: faster sliders
 torch.manual_seed(0)
 model = load_model()
 calib = calibration_samples(32, 256, seed=0)

@@ -20,6 +20,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
+from qlab.lessons import fast_inline_figures
 from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.checkpoint import load_model
 from qlab.evaluate import perplexity
@@ -27,6 +28,7 @@ from qlab.layers.swap import QuantRecipe
 from qlab.lessons.mixed_qat import (most_sensitive, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
                                     uniform_points)
 
+fast_inline_figures()  # draw each figure once, without the tight crop: faster sliders
 torch.manual_seed(0)
 model = load_model()
 float_ppl = perplexity(model, "test", "fast").perplexity
@@ -86,6 +88,11 @@ plt.show()
 # The grey staircase is the additive model's prediction for every budget; the squares are uniform RTN;
 # the star is the measured plan. Where the star sits above the circle, the layers' errors compound: the
 # additive model is optimistic at very low budgets, where many layers are quantized hard at once.
+#
+# One more trap: these sensitivities come from 16 validation windows. A search over a noisy table also
+# fits the noise, and a plan that beats uniform RTN on those windows can lose to it on others. The
+# scoreboard (notebook 11) measures them on 64 windows (`layer_sensitivity(..., n_windows=64)`, four
+# times slower); compare its mixed rows with the uniform rows of the same size there.
 #
 # ## Try it
 # Each move searches the best plan for the budget (instant) and measures it (one fast perplexity).

@@ -24,10 +24,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
+from qlab.lessons import fast_inline_figures
 from qlab.checkpoint import load_model
 from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_recipe, plot_pick
 from qlab.scoreboard import pareto_front, run_method, scoreboard, short_label
 
+fast_inline_figures()  # draw each figure once, without the tight crop: faster sliders
 torch.manual_seed(0)
 board = main_scoreboard()
 rows = board.rows
@@ -104,8 +106,11 @@ def show(size_mb, max_change):
 #    perplexity and halves the size of bf16 weights; start there.
 # 2. **4 bits needs care.** Group-wise int4 (G = 128) is the usual sweet spot of size against quality;
 #    GPTQ or AWQ recover most of what RTN loses, for a few seconds to minutes of calibration.
-# 3. **Below 4 bits, spend bits where they matter** (mixed precision, notebook 9) or **train** (QAT):
-#    post-training rounding alone breaks down.
+# 3. **Below 4 bits, rounding alone breaks down.** GPTQ's error feedback holds up best; AWQ's scaling helps
+#    less when the model has no salient outliers. Mixed precision built on *additive* per-layer
+#    sensitivities is a prediction, not a guarantee: compare its rows with the uniform rows of the same
+#    size in the table (errors of several low-bit layers compound). Training through the rounding (QAT,
+#    notebook 9) recovers most of the gap, at the cost of a training run.
 # 4. **Activations are the hard part.** W8A8 is fast only with int8 kernels, and a static per-tensor
 #    scale suffers from outlier channels: smooth them (SmoothQuant) or keep them in float (LLM.int8()).
 # 5. **Check speed separately.** Size and perplexity say nothing about latency: that depends on the

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from qlab.capture import is_linear_like
 from qlab.corpus import load_corpus
-from qlab.evaluate import eval_windows, perplexity, perplexity_on
+from qlab.evaluate import FAST_WINDOWS, eval_windows, perplexity, perplexity_on
 from qlab.layers.base import QuantizedLinear
 from qlab.layers.swap import QuantRecipe, quantize_model
 
@@ -185,12 +185,15 @@ def _weight_bits(layer: nn.Module, n_weights: int) -> float:
 def layer_sensitivity(model: nn.Module, candidates: Sequence[Candidate] = (2, 3, 4, 8), *,
                       group_size: Optional[int] = 128, include: Sequence[str] = ("*",),
                       exclude: Sequence[str] = ("lm_head",), split: str = "val", mode: str = "fast",
-                      progress: bool = False) -> LayerSensitivity:
+                      n_windows: int = FAST_WINDOWS, progress: bool = False) -> LayerSensitivity:
     """Quantize each selected linear alone with each candidate and measure the log-perplexity change.
 
     candidates: bit widths (RTN weight-only with ``group_size``, None: per channel) or QuantRecipes.
     split / mode: where the perplexity is measured (default: the validation split, fast mode, so that
-    the test split stays for judging the final plan). ``model`` is restored before returning.
+    the test split stays for judging the final plan); ``n_windows``: how many evenly spaced windows fast
+    mode takes. Few windows make a quick slider but a noisy table, and a search over a noisy table
+    picks the noise (a plan that beats uniform on these windows, not on others): the scoreboard uses
+    more. ``model`` is restored before returning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -201,7 +204,9 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[Candidate] = (2, 3,
     linears = selected_linears(model, include, exclude)
     names = list(linears)
     context = getattr(getattr(model, "config", None), "block_size", 256)
-    windows = eval_windows(load_corpus().split(split), context, mode)
+    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+        raise ValueError(f"n_windows must be a positive int, got {n_windows!r}")
+    windows = eval_windows(load_corpus().split(split), context, mode, n_windows)
     base = perplexity_on(model, windows).nll
     weights = tuple(int(linears[n].weight.numel()) for n in names)
     bits = torch.zeros(len(names), len(recipes), dtype=torch.float64)

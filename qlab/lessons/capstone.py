@@ -42,10 +42,15 @@ class Scoreboard:
     machine: str
     torch: str
     rows: list[ScoreRow]
+    date: Optional[str] = None
+    calib_samples: Optional[int] = None
 
     @property
     def label(self) -> str:
-        return f"{self.path.name}: measured on {self.machine}, torch {self.torch}, {self.rows[0].eval_mode} test split"
+        when = f" on {self.date}" if self.date else ""
+        calib = f", {self.calib_samples} calibration samples" if self.calib_samples else ""
+        return (f"{self.path.name}: measured{when} on {self.machine}, torch {self.torch}, "
+                f"{self.rows[0].eval_mode} test split{calib}")
 
 
 def load_scoreboard(path: str | Path) -> Scoreboard:
@@ -55,7 +60,8 @@ def load_scoreboard(path: str | Path) -> Scoreboard:
     rows = load_json(path)
     if not rows:
         raise ValueError(f"{path} holds no scoreboard rows")
-    return Scoreboard(path, record.get("machine", "unknown machine"), record.get("torch", "?"), rows)
+    return Scoreboard(path, record.get("machine", "unknown machine"), record.get("torch", "?"), rows,
+                      record.get("date"), record.get("calib_samples"))
 
 
 def find_scoreboards(directory: str | Path = RESULTS_DIR) -> list[Scoreboard]:

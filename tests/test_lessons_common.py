@@ -1,0 +1,48 @@
+"""qlab.lessons' shared helpers: the cheap log axis and the one-draw inline figures."""
+
+import subprocess
+import sys
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from qlab.lessons import fast_inline_figures, log_yscale  # noqa: E402
+
+
+def test_log_yscale_keeps_only_decade_ticks():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1e-6, 1e-3, 1.0])
+    log_yscale(ax)
+    fig.canvas.draw()
+    assert ax.get_yscale() == "log"
+    assert ax.yaxis.get_minor_locator().tick_values(1e-6, 1) == []
+    assert len(ax.get_yticks()) <= 10
+    plt.close(fig)
+
+
+def test_fast_inline_figures_outside_ipython_does_nothing():
+    assert fast_inline_figures() is False
+
+
+def test_fast_inline_figures_sets_the_inline_backend_in_ipython():
+    """In a real IPython shell with the inline backend: figures are then printed without the tight crop."""
+    code = textwrap.dedent("""
+        from IPython.testing.globalipapp import start_ipython
+        ip = start_ipython()
+        ip.enable_matplotlib("inline")
+        from matplotlib_inline.config import InlineBackend
+        assert InlineBackend.instance().print_figure_kwargs == {"bbox_inches": "tight"}
+        from qlab.lessons import fast_inline_figures
+        assert fast_inline_figures() is True
+        assert InlineBackend.instance().print_figure_kwargs == {"bbox_inches": None}
+        import matplotlib.figure
+        printer = ip.display_formatter.formatters["image/png"].type_printers[matplotlib.figure.Figure]
+        assert printer.keywords["bbox_inches"] is None
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr

@@ -1,0 +1,47 @@
+"""README.md: its scoreboard is the committed measurement, and the commands it names exist."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_tool():
+    spec = importlib.util.spec_from_file_location("readme_scoreboard", ROOT / "tools" / "readme_scoreboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_scoreboard_is_the_committed_json():
+    tool = readme_tool()
+    text = (ROOT / "README.md").read_text()
+    assert tool.replace_block(text, tool.block()) == text, "run python tools/readme_scoreboard.py"
+    assert tool.main(["--check"]) == 0
+
+
+def test_the_block_names_the_machine_and_every_row(tmp_path):
+    from qlab.lessons.capstone import main_scoreboard
+
+    tool = readme_tool()
+    board = main_scoreboard()
+    block = tool.block()
+    assert board.machine in block and block.startswith(tool.START) and block.endswith(tool.END)
+    table = [line for line in block.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(board.rows)
+    for row, line in zip(board.rows, table[1:]):
+        assert f"{row.perplexity:.4f}" in line and f"{row.size_mb:.3f}" in line
+    with pytest.raises(ValueError, match="one"):
+        tool.replace_block("no markers here", block)
+
+
+def test_the_commands_the_readme_names_exist():
+    text = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    for target in set(re.findall(r"^make (\w+)", text, flags=re.M)):
+        assert re.search(rf"^{target}:", makefile, flags=re.M), f"make {target} is not in the Makefile"
+    for script in set(re.findall(r"(benchmarks/\w+\.py|tools/\w+\.py)", text)):
+        assert (ROOT / script).exists(), script
