@@ -10,17 +10,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_tool():
-    spec = importlib.util.spec_from_file_location("readme_scoreboard", ROOT / "tools" / "readme_scoreboard.py")
+    spec = importlib.util.spec_from_file_location("readme_blocks", ROOT / "tools" / "readme_blocks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_readme_scoreboard_is_the_committed_json():
+def test_the_readme_measurements_are_the_committed_json():
     tool = readme_tool()
     text = (ROOT / "README.md").read_text()
-    assert tool.replace_block(text, tool.block()) == text, "run python tools/readme_scoreboard.py"
+    assert tool.replace_block(text, tool.block()) == text, "run python tools/readme_blocks.py"
+    assert tool.replace_block(text, tool.times_block(), tool.TIMES_START, tool.TIMES_END) == text
     assert tool.main(["--check"]) == 0
+
+
+def test_the_notebook_times_cover_every_notebook_within_the_targets():
+    """Every built notebook was timed; each under 90 s and all under 10 minutes (issue 6's targets)."""
+    import json
+
+    tool = readme_tool()
+    record = json.loads(tool.notebook_times_file().read_text())
+    timed = {r["notebook"] for r in record["notebooks"]}
+    assert timed == {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert all(0 < r["seconds"] < 90 and r["passed"] > 0 for r in record["notebooks"]), record
+    assert sum(r["seconds"] for r in record["notebooks"]) < 600
 
 
 def test_the_block_names_the_machine_and_every_row(tmp_path):
