@@ -7,7 +7,7 @@ Prints, measured in one run on the machine named in the first line:
 3. the bit width where per-group (128) RTN starts failing: the largest of 4, 3, 2 bits at which it loses
    >= 10% perplexity, and the part of RTN's gap there that GPTQ and AWQ recover (targets >= 50%, >= 30%),
    recovered = (ppl_RTN - ppl_method) / (ppl_RTN - ppl_float);
-4. SmoothQuant against naive W8A8 at the same activation granularity (per token, per tensor);
+4. SmoothQuant (alpha 0.5 and alpha "auto") against naive W8A8 at the same activation granularity;
 5. QAT at that bit width (``--qat-steps`` steps of ``qlab.algorithms.qat``): its recovered part of the gap,
    with the control a fair comparison needs: the float model fine-tuned as long, then rounded (RTN);
 6. mixed precision: sensitivity pass, search and measurement times (targets: search < 50 ms, measuring
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load(args.state)
     out: dict = {"machine": machine, "mode": mode, "calib_samples": args.calib}
 
-    def run(method: str, wbits=None, group_size=128, act="per_token") -> sb.ScoreRow:
+    def run(method: str, wbits=None, group_size=128, act="per_token", alpha=0.5) -> sb.ScoreRow:
         row = sb.run_method(model, method, wbits, group_size, act=act, calib_samples=args.calib, mode=mode,
-                            float_perplexity=None if method == "float" else rows[0].perplexity)
+                            alpha=alpha, float_perplexity=None if method == "float" else rows[0].perplexity)
         rows.append(row)
         print(f"  {sb.short_label(row):<24} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
               f"{row.size_mb:.2f} MB, quantized in {row.quantize_s:.1f} s", flush=True)
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     awq = {b: run("awq", b, 128) for b in sorted({4, failing}, reverse=True)}
     w8a8 = {a: run("w8a8", act=a) for a in sb.ACT_MODES}
     sq = {a: run("smoothquant", act=a) for a in sb.ACT_MODES}
+    sq_auto = {a: run("smoothquant", act=a, alpha="auto") for a in sb.ACT_MODES}
 
     print(f"\n== time to quantize the whole model from {args.calib} samples (target < 60 s each)")
     for name, row in (("GPTQ w4 g128", gptq[4]), ("AWQ w4 g128", awq[4]), ("SmoothQuant W8A8", sq["per_token"])):
@@ -107,10 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     a_rec = recovered(rtn[failing].perplexity, awq[failing].perplexity, fl.perplexity)
     print(f"  GPTQ recovers {100 * g_rec:.0f}% of RTN's gap at {failing} bits   {verdict(g_rec >= 0.5)} (>= 50%)")
     print(f"  AWQ  recovers {100 * a_rec:.0f}% of RTN's gap at {failing} bits   {verdict(a_rec >= 0.3)} (>= 30%)")
+    from qlab.checkpoint import outlier_figures
+
+    figures = outlier_figures(model)
+    worst = max(figures, key=lambda r: r["ratio"])
+    print(f"  outliers of the model's linear inputs (32 x 256 train bytes): max/median channel absmax "
+          f"{min(r['ratio'] for r in figures):.1f}-{worst['ratio']:.1f}x (largest in {worst['layer']}), "
+          f"largest |x| {max(r['max_absmax'] for r in figures):.1f}, channels with |x| >= 6: "
+          f"{sum(r['num_outliers'] for r in figures)} over {len(figures)} layers")
+    out["outliers"] = {"ratio_min": min(r["ratio"] for r in figures), "ratio_max": worst["ratio"],
+                       "absmax_max": max(r["max_absmax"] for r in figures),
+                       "channels_over_6": sum(r["num_outliers"] for r in figures)}
     for a in sb.ACT_MODES:
-        print(f"  W8A8 {a.replace('_', '-'):<10} naive {w8a8[a].change_pct:+.2f}%  "
-              f"SmoothQuant {sq[a].change_pct:+.2f}%")
-    out["quality"] = {"failing_bits": failing, "gptq_recovered": g_rec, "awq_recovered": a_rec}
+        print(f"  W8A8 {a.replace('_', '-'):<10} naive {w8a8[a].change_pct:+.3f}%  SmoothQuant a=0.5 "
+              f"{sq[a].change_pct:+.3f}% {verdict(sq[a].perplexity <= w8a8[a].perplexity)}, a=auto "
+              f"{sq_auto[a].change_pct:+.3f}% {verdict(sq_auto[a].perplexity <= w8a8[a].perplexity)} (never worse)")
+    out["quality"] = {"failing_bits": failing, "gptq_recovered": g_rec, "awq_recovered": a_rec,
+                      "w8a8_change_pct": {a: {"naive": w8a8[a].change_pct, "smoothquant_0.5": sq[a].change_pct,
+                                              "smoothquant_auto": sq_auto[a].change_pct} for a in sb.ACT_MODES}}
 
     print(f"\n== QAT at {failing} bits g128: {args.qat_steps} steps, lr {args.qat_lr:g}, batch {args.qat_batch}")
     recipe = QuantRecipe(bits=failing, group_size=128)

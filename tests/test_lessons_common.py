@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qlab.lessons import fast_inline_figures, log_yscale  # noqa: E402
+import pytest  # noqa: E402
+
+from qlab.lessons import fast_inline_figures, log_axis, log_yscale  # noqa: E402
 
 
 def test_log_yscale_keeps_only_decade_ticks():
@@ -21,6 +23,20 @@ def test_log_yscale_keeps_only_decade_ticks():
     assert ax.get_yscale() == "log"
     assert ax.yaxis.get_minor_locator().tick_values(1e-6, 1) == []
     assert len(ax.get_yticks()) <= 10
+    plt.close(fig)
+
+
+def test_log_axis_on_x_labels_decades_in_plain_text():
+    fig, ax = plt.subplots()
+    ax.plot([1, 10, 1e4], [1, 2, 3])
+    log_axis(ax, "x")
+    fig.canvas.draw()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and not any("$" in t for t in labels)          # no mathtext to lay out
+    assert ax.xaxis.get_minor_locator().tick_values(1, 1e4) == []
+    with pytest.raises(ValueError, match="which"):
+        log_axis(ax, "z")
     plt.close(fig)
 
 

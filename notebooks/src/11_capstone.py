@@ -43,7 +43,7 @@ print(scoreboard(rows))
 
 # %% [markdown]
 # ## Size against perplexity
-# One point per method (red: on the Pareto front). The perplexity axis is logarithmic.
+# One point per method (red: on the Pareto front).
 
 # %%
 plot_pick(rows, title=f"Every method on the shipped model ({rows[0].eval_mode} test split)")

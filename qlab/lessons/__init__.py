@@ -18,10 +18,18 @@ def log_yscale(ax: Axes) -> None:
     """A log y axis drawn cheaply: plain-text labels ("1e-04") instead of mathtext, at most 8 decade
     ticks and no minor ticks (each tick is a set of artists: a widget redraw spends most of its time
     laying them out)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(numticks=8))
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
-    ax.yaxis.set_minor_locator(NullLocator())
+    log_axis(ax, "y")
+
+
+def log_axis(ax: Axes, which: str) -> None:
+    """``which`` ("x" or "y") on a log scale, drawn cheaply (see ``log_yscale``)."""
+    if which not in ("x", "y"):
+        raise ValueError(f"which must be 'x' or 'y', got {which!r}")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_locator(LogLocator(numticks=8))
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+    axis.set_minor_locator(NullLocator())
 
 
 def fast_inline_figures() -> bool:

@@ -206,7 +206,7 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
         ax.axvline(float(r.amax), color=COLORS.get(name, "k"), lw=1.5,
                    label=f"{name}: {float(r.amax):.3f} ({view.sqnr_db[name]:.1f} dB)")
     ax.set(xlabel="|x|", ylabel="count", title=title or "|x| and the calibrated thresholds")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")   # a fixed place: "best" is slow to find on a slider
     t, above = view.tail
     curves = {"percentile": (t, above, "P(|x| > t)")}
     for name in ("entropy", "mse"):

@@ -122,8 +122,9 @@ def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title
     fig, ax = plt.subplots(figsize=(9, 5.2))
     front = pareto_front(rows)
     on_front = {id(r) for r in front}
+    ax.scatter([r.size_mb for r in rows], [r.perplexity for r in rows], zorder=3, s=22,
+               color=["tab:red" if id(r) in on_front else "tab:blue" for r in rows])
     for r in rows:
-        ax.scatter(r.size_mb, r.perplexity, color="tab:red" if id(r) in on_front else "tab:blue", zorder=3, s=22)
         ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="tab:red", lw=1,
             label="Pareto front")
@@ -135,12 +136,11 @@ def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title
         if pick.best is not None:
             ax.scatter(pick.best.size_mb, pick.best.perplexity, s=260, facecolors="none", edgecolors="tab:green",
                        lw=2, zorder=4, label=f"pick: {short_label(pick.best)}")
-    ax.set_yscale("log")
     ax.set(xlabel="model size (MB, as stored)", ylabel=f"test perplexity ({rows[0].eval_mode})",
            title=title or "Every method: size vs perplexity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper right")    # fixed places: "best" is slow to find on a slider
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)  # tight_layout is slow for a slider
     return fig
 
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qlab.lessons import log_axis
 from qlab.kernels.bench import REFERENCE_DEVICE, DeviceSpec, ideal_speedup, ideal_time, problem_bytes
 from qlab.layers.weight_only import WeightOnlyLinear
 
@@ -162,16 +163,19 @@ def plot_roofline(view: RooflineView, mark_m: int | None = None) -> plt.Figure:
         if mark_m is not None:
             j = min(range(len(view.m_values)), key=lambda j: abs(view.m_values[j] - mark_m))
             ax.plot(view.intensity[k][j], view.attainable[k][j] / 1e12, "o", ms=11, mfc="none", color=COLORS[k])
-    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (flops / byte)", ylabel="attainable TFLOP/s",
+    log_axis(ax, "x")
+    log_axis(ax, "y")
+    ax.set(xlabel="arithmetic intensity (flops / byte)", ylabel="attainable TFLOP/s",
            title=f"Roofline, {view.device} ({view.bandwidth / 1e12:.1f} TB/s)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")   # fixed places: "best" is slow to find on a slider
     if mark_m is not None:
         bx.axvline(mark_m, color="0.5", ls=":", lw=1)
     bx.axhline(1.0, color="0.5", lw=0.8)
-    bx.set(xscale="log", xlabel="M (rows: tokens in flight)", ylabel="ideal speedup over fp16 (W8A8: bf16)",
+    log_axis(bx, "x")
+    bx.set(xlabel="M (rows: tokens in flight)", ylabel="ideal speedup over fp16 (W8A8: bf16)",
            title=f"N x K = {view.N} x {view.K}")
-    bx.legend(fontsize=8)
-    fig.tight_layout()
+    bx.legend(fontsize=8, loc="center right")
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.92, wspace=0.2)  # tight_layout is slow for a slider
     return fig
 
 

@@ -194,7 +194,7 @@ def plot_one_tensor(view: OneTensorView, curve: ClipCurve | None = None) -> plt.
                 label=f"optimum {curve.best_clip:.2f}")
         log_yscale(ax)
         ax.set(xlabel="clip (fraction of the range)", ylabel="MSE", title="error vs clip")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower center")   # a fixed place: "best" is slow to find on a slider
     # fixed margins: tight_layout would draw the figure once more on every slider move
     fig.subplots_adjust(left=0.06 if curve is not None else 0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
     return fig
