@@ -18,6 +18,16 @@ if not torch.cuda.is_available():
 REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small
+    tensors run as fast on one, and two threads spin-wait on a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def assert_rel_close():
     """Check ``actual`` against ``expected`` with the relative tolerance of ``dtype`` (default: actual's)."""

@@ -13,6 +13,8 @@ from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
 from qlab.model import GPT, PRESETS
 from qlab.quantize import fake_quantize
 
+from _models import tiny_gpt_with_outliers  # noqa: E402
+
 GEN = torch.Generator().manual_seed(0)
 CALIB = torch.randint(0, 256, (8, 64), generator=GEN)
 HELD_OUT = torch.randint(0, 256, (4, 64), generator=GEN)
@@ -22,17 +24,7 @@ SPEC = weight_spec(4, G, False)
 
 def gpt(outlier_factor: float = 1.0) -> GPT:
     """The tiny GPT with non-trivial norms; ``outlier_factor`` scales a few LayerNorm channels (salient inputs)."""
-    torch.manual_seed(0)
-    model = GPT(PRESETS["tiny"]).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-        for blk in model.blocks:
-            blk.ln_1.weight[[3, 17, 40]] *= outlier_factor
-            blk.ln_2.weight[[3, 17, 40]] *= outlier_factor
-    return model
+    return tiny_gpt_with_outliers(outlier_factor)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:

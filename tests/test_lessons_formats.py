@@ -15,13 +15,7 @@ from qlab.metrics import mse, sqnr_db
 from qlab.quantize import fake_quantize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # bitsandbytes' NF4 code book (functional.py, get_4bit_type("nf4")), as published

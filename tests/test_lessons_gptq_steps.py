@@ -16,13 +16,7 @@ from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def problem(N=40, K=64, M=512, seed=0):

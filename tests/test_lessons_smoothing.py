@@ -25,13 +25,7 @@ from qlab.lessons.smoothing import (ALPHAS, SmoothingCurve, channel_profile, for
 from qlab.model import GPT, PRESETS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and two spin-wait on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def outlier_model():

@@ -25,14 +25,6 @@ from qlab.quantize import fake_quantize
 MODE, CALIB = "fast", 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shipped():
     from qlab.checkpoint import load_model

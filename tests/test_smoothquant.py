@@ -15,6 +15,8 @@ from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.w8a8 import W8A8Linear
 from qlab.model import GPT, PRESETS
 
+from _models import tiny_gpt_with_outliers  # noqa: E402
+
 GEN = torch.Generator().manual_seed(0)
 CALIB = torch.randint(0, 256, (8, 64), generator=GEN)
 HELD_OUT = torch.randint(0, 256, (4, 64), generator=GEN)
@@ -23,17 +25,7 @@ OUTLIERS = [3, 17, 40]
 
 def outlier_gpt(factor: float = 20.0) -> GPT:
     """The tiny GPT with non-trivial norms and a few activation outlier channels (LayerNorm weight x factor)."""
-    torch.manual_seed(0)
-    model = GPT(PRESETS["tiny"]).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-        for blk in model.blocks:
-            blk.ln_1.weight[OUTLIERS] *= factor
-            blk.ln_2.weight[OUTLIERS] *= factor
-    return model
+    return tiny_gpt_with_outliers(factor, OUTLIERS)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -49,7 +49,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from qlab.algorithms.fold import find_linear_fold_pairs, fold_scales
-from qlab.algorithms.layerwise import BlockInputs, collect_linear_inputs, find_blocks, linears_in, run_layerwise
+from qlab.algorithms.layerwise import (BlockInputs, check_calib_tokens, collect_linear_inputs, find_blocks, linears_in,
+                                      run_layerwise)
 from qlab.capture import find_norm_linear_groups
 from qlab.granularity import PerGroup, block_reduce
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
@@ -241,15 +242,6 @@ class AWQReport:
     seconds: float = 0.0
 
 
-def _check_tokens(calib_tokens: Tensor) -> Tensor:
-    if not isinstance(calib_tokens, Tensor) or calib_tokens.is_floating_point() or calib_tokens.dtype == torch.bool:
-        raise TypeError("calib_tokens must be an integer tensor of token ids, shape (n_samples, T)")
-    if calib_tokens.dim() != 2 or calib_tokens.shape[0] == 0 or calib_tokens.shape[1] == 0:
-        raise ValueError(f"calib_tokens must be a non-empty (n_samples, T) tensor, got shape "
-                         f"{tuple(calib_tokens.shape)}; use e.g. qlab.corpus.calibration_samples(128)")
-    return calib_tokens.long()
-
-
 def scaling_groups(model: nn.Module, example_input: Tensor) -> list[tuple[str, list[str]]]:
     """(prev, linears) pairs AWQ scales: norm -> readers, and linear -> linear where a scale passes."""
     groups = list(find_norm_linear_groups(model, example_input).items())
@@ -282,7 +274,7 @@ class _Settings:
 def _setup(model: nn.Module, calib_tokens: Tensor, bits: int, group_size: Optional[int], symmetric: bool,
            n_grid: int, duo_scaling: bool, inplace: bool) -> tuple[nn.Module, Tensor, _Settings]:
     """Checks every argument, copies the model unless ``inplace``."""
-    tokens = _check_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens)
     spec = weight_spec(bits, group_size, symmetric)
     if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
         raise ValueError(f"n_grid must be a positive int, got {n_grid!r}")

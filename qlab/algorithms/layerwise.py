@@ -163,6 +163,16 @@ def _check_finite(hidden: Sequence[Tensor], where: str) -> None:
                              f"(check the model's weights and the calibration tokens)")
 
 
+def check_calib_tokens(calib_tokens: Tensor) -> Tensor:
+    """A non-empty (n_samples, T) integer tensor of token ids, as int64; a clear error otherwise."""
+    if not isinstance(calib_tokens, Tensor) or calib_tokens.is_floating_point() or calib_tokens.dtype == torch.bool:
+        raise TypeError("calib_tokens must be an integer tensor of token ids, shape (n_samples, T)")
+    if calib_tokens.dim() != 2 or calib_tokens.shape[0] == 0 or calib_tokens.shape[1] == 0:
+        raise ValueError(f"calib_tokens must be a non-empty (n_samples, T) tensor, got shape "
+                         f"{tuple(calib_tokens.shape)}; use e.g. qlab.corpus.calibration_samples(128)")
+    return calib_tokens.long()
+
+
 def _as_batches(calib_tokens: Tensor, batch_size: int) -> list[Tensor]:
     if not isinstance(calib_tokens, Tensor):
         raise TypeError(f"calib_tokens must be a torch.Tensor of token ids (n, T), got {type(calib_tokens).__name__}")

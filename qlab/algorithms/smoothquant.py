@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qlab.algorithms.fold import fold_scales
+from qlab.algorithms.layerwise import check_calib_tokens
 from qlab.capture import find_norm_linear_groups, linear_layers
 from qlab.granularity import PerAxis, PerTensor, PerToken
 from qlab.layers.swap import quantize_model
@@ -105,33 +106,11 @@ class SmoothingGroup:
     weight_absmax: Tensor  # (C,) max |W[:, j]| over all the group's linears
 
 
-def _check_tokens(calib_tokens: Tensor) -> Tensor:
-    if not isinstance(calib_tokens, Tensor) or calib_tokens.is_floating_point() or calib_tokens.dtype == torch.bool:
-        raise TypeError("calib_tokens must be an integer tensor of token ids, shape (n_samples, T)")
-    if calib_tokens.dim() != 2 or calib_tokens.shape[0] == 0 or calib_tokens.shape[1] == 0:
-        raise ValueError(f"calib_tokens must be a non-empty (n_samples, T) tensor, got shape "
-                         f"{tuple(calib_tokens.shape)}; use e.g. qlab.corpus.calibration_samples(128)")
-    return calib_tokens.long()
-
-
 @torch.no_grad()
-def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *,
-                 batch_size: int = 32) -> dict[str, Tensor]:
-    """Per-input-channel max |x| of each named linear over all calibration tokens: name -> (K,).
-
-    (The ``absmax`` of ``qlab.capture.capture_activations``, with only this statistic: one cheap hook.)
-    """
-    tokens = _check_tokens(calib_tokens)
-    modules = dict(model.named_modules())
-    absmax: dict[str, Tensor] = {}
-
-    def hook(name: str):
-        def fn(mod: nn.Module, args: tuple) -> None:
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()  # (K,)
-            absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
-        return fn
-
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+def _run_with_input_hooks(model: nn.Module, tokens: Tensor, hooks: Mapping[nn.Module, Callable], batch_size: int) -> None:
+    """Run ``model`` in eval mode over ``tokens`` in batches with a forward pre-hook on each module;
+    the hooks are removed and the training mode restored whatever happens."""
+    handles = [module.register_forward_pre_hook(fn) for module, fn in hooks.items()]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -142,6 +121,26 @@ def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *
         model.train(was_training)
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *,
+                 batch_size: int = 32) -> dict[str, Tensor]:
+    """Per-input-channel max |x| of each named linear over all calibration tokens: name -> (K,).
+
+    (The ``absmax`` of ``qlab.capture.capture_activations``, with only this statistic: one cheap hook.)
+    """
+    tokens = check_calib_tokens(calib_tokens)
+    modules = dict(model.named_modules())
+    absmax: dict[str, Tensor] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, args: tuple) -> None:
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()  # (K,)
+            absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
+        return fn
+
+    _run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in names}, batch_size)
     missing = [n for n in names if n not in absmax]
     if missing:
         raise ValueError(f"these linears never ran on the calibration tokens: {missing}")
@@ -172,7 +171,7 @@ def smoothing_groups(model: nn.Module, absmax: dict[str, Tensor], example_input:
 def collect_smoothing_groups(model: nn.Module, calib_tokens: Tensor, *, exclude: Sequence[str] = ("lm_head",),
                              batch_size: int = 32) -> list[SmoothingGroup]:
     """Calibrate once (e.g. for the notebook's slider): every norm group with its activation and weight maxima."""
-    tokens = _check_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens)
     names = [n for n in linear_layers(model) if not _excluded(n, exclude)]
     absmax = input_absmax(model, tokens, names, batch_size=batch_size)
     return smoothing_groups(model, absmax, tokens[:1, :16], exclude)
@@ -234,7 +233,7 @@ class AlphaSearch:
 def group_rows(model: nn.Module, calib_tokens: Tensor, groups: Sequence[SmoothingGroup], *,
                max_rows: int = 2048, batch_size: int = 32) -> dict[str, Tensor]:
     """norm -> (<= max_rows, C) input rows of its group, every k-th token of the calibration set."""
-    tokens = _check_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens)
     stride = max(1, tokens.numel() // max_rows)
     modules = dict(model.named_modules())
     rows: dict[str, list[Tensor]] = {g.norm: [] for g in groups}
@@ -244,17 +243,7 @@ def group_rows(model: nn.Module, calib_tokens: Tensor, groups: Sequence[Smoothin
             rows[norm].append(args[0].detach().reshape(-1, args[0].shape[-1])[::stride].float().cpu())
         return fn
 
-    handles = [modules[g.linears[0]].register_forward_pre_hook(hook(g.norm)) for g in groups]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for batch in tokens.split(batch_size):
-            model(batch.to(device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _run_with_input_hooks(model, tokens, {modules[g.linears[0]]: hook(g.norm) for g in groups}, batch_size)
     return {n: torch.cat(r)[:max_rows] for n, r in rows.items()}
 
 
@@ -313,7 +302,7 @@ def smooth_model(model: nn.Module, calib_tokens: Tensor, alpha: float = 0.5, *, 
                  exclude: Sequence[str] = ("lm_head",), batch_size: int = 32) -> nn.Module:
     """The smoothed float model (same function, easier activations); a copy unless ``inplace``."""
     _check_alpha(alpha)
-    _check_tokens(calib_tokens)
+    check_calib_tokens(calib_tokens)
     if not inplace:
         model = copy.deepcopy(model)
     groups = collect_smoothing_groups(model, calib_tokens, exclude=exclude, batch_size=batch_size)
@@ -337,7 +326,7 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
         _check_alpha(alpha)
     if act not in ACT_MODES:
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
-    tokens = _check_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens)
     if not inplace:
         model = copy.deepcopy(model)
     names = [n for n in linear_layers(model) if not _excluded(n, exclude)]

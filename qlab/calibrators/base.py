@@ -131,6 +131,18 @@ def check_axis(axis: object) -> int | None:
     return axis
 
 
+def batch_aminmax(x: Tensor, axis: int | None, previous: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``aminmax`` of a checked batch, which must have as many channels as the ``previous`` running
+    statistic (None: the first batch) -- the common first step of MinMax and MovingAverageMinMax."""
+    cur_min, cur_max = aminmax(check_input(x), axis)
+    if previous is not None and cur_min.shape != previous.shape:
+        raise ValueError(
+            f"x has {cur_min.numel()} channels along axis={axis}, but earlier batches had "
+            f"{previous.numel()}; per-channel calibration needs the same channel count"
+        )
+    return cur_min, cur_max
+
+
 def aminmax(x: Tensor, axis: int | None) -> tuple[Tensor, Tensor]:
     """(min, max) of x: 0-d tensors if axis is None, else one value per index along `axis`.
 

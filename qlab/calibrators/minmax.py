@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from qlab.calibrators.base import (
-    CalibrationResult, Calibrator, aminmax, check_axis, check_bool, check_input,
+    CalibrationResult, Calibrator, batch_aminmax, check_axis, check_bool,
 )
 
 
@@ -43,16 +43,10 @@ class MinMax(Calibrator):
         self.max_val: Tensor | None = None
 
     def update(self, x: Tensor) -> None:
-        x = check_input(x)
-        cur_min, cur_max = aminmax(x, self.axis)
+        cur_min, cur_max = batch_aminmax(x, self.axis, self.min_val)
         if self.min_val is None:
             self.min_val, self.max_val = cur_min, cur_max
             return
-        if cur_min.shape != self.min_val.shape:
-            raise ValueError(
-                f"x has {cur_min.numel()} channels along axis={self.axis}, but earlier batches had "
-                f"{self.min_val.numel()}; per-channel calibration needs the same channel count"
-            )
         self.min_val = torch.minimum(self.min_val, cur_min)
         self.max_val = torch.maximum(self.max_val, cur_max)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from qlab.calibrators.base import (
-    CalibrationResult, Calibrator, aminmax, check_axis, check_float, check_input,
+    CalibrationResult, Calibrator, batch_aminmax, check_axis, check_float,
 )
 
 
@@ -42,16 +42,10 @@ class MovingAverageMinMax(Calibrator):
         self.max_val: Tensor | None = None
 
     def update(self, x: Tensor) -> None:
-        x = check_input(x)
-        cur_min, cur_max = aminmax(x, self.axis)
+        cur_min, cur_max = batch_aminmax(x, self.axis, self.min_val)
         if self.min_val is None:
             self.min_val, self.max_val = cur_min, cur_max
             return
-        if cur_min.shape != self.min_val.shape:
-            raise ValueError(
-                f"x has {cur_min.numel()} channels along axis={self.axis}, but earlier batches had "
-                f"{self.min_val.numel()}; per-channel calibration needs the same channel count"
-            )
         c = self.averaging_constant
         self.min_val = self.min_val + c * (cur_min - self.min_val)
         self.max_val = self.max_val + c * (cur_max - self.max_val)
