@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qlab.kernels.tiles import grouped_tile
+
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SMALL_M = 32  # up to this many rows, BLOCK_M = 16 / 32 tiles (mma.sync) instead of 64+ (wgmma)
 
@@ -69,13 +71,7 @@ def _w8a8_kernel(
 ):
     # Grouped ("swizzled") program order, as in tutorial 03: consecutive programs share B columns.
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
