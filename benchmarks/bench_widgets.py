@@ -32,6 +32,7 @@ skipped.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import random
@@ -54,8 +55,8 @@ from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.capture import capture_activations
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity
-from qlab.lessons import (awq_search, calibration, capstone, formats, gptq_steps, granularity, kernels_speed,
-                          mixed_qat, one_tensor, ptq, smoothing)
+from qlab.lessons import (awq_search, calibration, capstone, collect_and_freeze, formats, gptq_steps, granularity,
+                          kernels_speed, mixed_qat, one_tensor, ptq, smoothing)
 from qlab.model import GPT, PRESETS
 from qlab.scoreboard import machine_slug
 from qlab.train import machine_description
@@ -95,7 +96,7 @@ class Result:
 
 def render(fig: plt.Figure) -> None:
     """What plt.show() costs in a notebook: the inline backend prints the figure to a PNG, without the
-    tight crop, as the notebooks set it (``qlab.lessons.fast_inline_figures``)."""
+    tight crop, as the notebooks set it (``qlab.lessons.fast_widgets``)."""
     fig.savefig(io.BytesIO(), format="png", bbox_inches=None)
     plt.close(fig)
 
@@ -120,6 +121,7 @@ def bench(name: str, notebook: int, target_ms: float, position: Callable[[random
     if target_ms >= MODEL_TARGET_MS:  # about a second per call
         repeats = min(repeats, max(4, repeats // 4))
     render(plot(compute(position(random.Random(1)))))  # warm-up
+    collect_and_freeze()  # what the notebooks do after each cell (qlab.lessons.fast_widgets)
     rng = random.Random(0)
     t_compute, t_callback = [], []
     for _ in range(repeats):
@@ -367,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r.compute_ok for r in results)}/{n} for the compute part")
     if args.save:
         print(f"wrote {save(results, args)}")
+    gc.unfreeze()  # let the interpreter free everything at exit (and not report it as leaked)
     return 0
 
 

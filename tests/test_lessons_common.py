@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import pytest  # noqa: E402
 
-from qlab.lessons import fast_inline_figures, log_axis, log_yscale  # noqa: E402
+from qlab.lessons import fast_widgets, log_axis, log_yscale  # noqa: E402
 
 
 def test_log_yscale_keeps_only_decade_ticks():
@@ -40,24 +40,54 @@ def test_log_axis_on_x_labels_decades_in_plain_text():
     plt.close(fig)
 
 
-def test_fast_inline_figures_outside_ipython_does_nothing():
-    assert fast_inline_figures() is False
+def test_fast_widgets_outside_ipython_does_nothing():
+    assert fast_widgets() is False
 
 
-def test_fast_inline_figures_sets_the_inline_backend_in_ipython():
-    """In a real IPython shell with the inline backend: figures are then printed without the tight crop."""
+def test_collect_and_freeze_collects_cycles_first():
+    import gc
+    import weakref
+
+    from qlab.lessons import collect_and_freeze
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    probe = weakref.ref(a)
+    del a, b
+    try:
+        collect_and_freeze()
+        assert probe() is None                     # the cycle was garbage: collected, not frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_fast_widgets_sets_the_inline_backend_and_freezes_after_each_cell():
+    """In a real IPython shell with the inline backend: figures are printed without the tight crop, and
+    after a cell runs its surviving objects are frozen out of the collector's way."""
     code = textwrap.dedent("""
         from IPython.testing.globalipapp import start_ipython
         ip = start_ipython()
         ip.enable_matplotlib("inline")
         from matplotlib_inline.config import InlineBackend
         assert InlineBackend.instance().print_figure_kwargs == {"bbox_inches": "tight"}
-        from qlab.lessons import fast_inline_figures
-        assert fast_inline_figures() is True
+        from qlab.lessons import fast_widgets
+        assert fast_widgets() is True
         assert InlineBackend.instance().print_figure_kwargs == {"bbox_inches": None}
         import matplotlib.figure
         printer = ip.display_formatter.formatters["image/png"].type_printers[matplotlib.figure.Figure]
         assert printer.keywords["bbox_inches"] is None
+        from qlab.lessons import collect_and_freeze
+        assert ip.events.callbacks["post_run_cell"].count(collect_and_freeze) == 1
+        assert fast_widgets() is True                                   # a second call registers nothing more
+        assert ip.events.callbacks["post_run_cell"].count(collect_and_freeze) == 1
+        import gc
+        gc.unfreeze()
+        ip.run_cell("junk = [[i] for i in range(1000)]")
+        assert gc.get_freeze_count() > 1000                             # after the cell: what lives is frozen
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -10,6 +10,8 @@ Each widget of a notebook calls a pure compute function returning a small datacl
 data, tested in tests/test_lessons_<module>.py) and a plot function that draws it.
 """
 
+import gc
+
 from matplotlib.axes import Axes
 from matplotlib.ticker import LogFormatter, LogLocator, NullLocator
 
@@ -32,14 +34,19 @@ def log_axis(ax: Axes, which: str) -> None:
     axis.set_minor_locator(NullLocator())
 
 
-def fast_inline_figures() -> bool:
-    """Draw each inline figure once instead of twice (call it at the top of a notebook).
+def fast_widgets() -> bool:
+    """Make slider redraws fast in a notebook (call it once, at the top). Two things cost a redraw most:
 
-    Jupyter's inline backend saves every figure with ``bbox_inches="tight"``, which lays the whole figure
-    out a second time to crop its margins: about a third of a slider's redraw. The lessons' figures set
-    their own margins (``layout="constrained"``, ``tight_layout`` or ``subplots_adjust``), so no crop is
-    needed. Same as ``%config InlineBackend.print_figure_kwargs = {"bbox_inches": None}``. Returns
-    whether it applied (False outside IPython).
+    1. Jupyter's inline backend saves every figure with ``bbox_inches="tight"``, which lays the whole
+       figure out a second time to crop its margins (about a third of a redraw). The lessons' figures
+       set their own margins, so the crop is turned off (``%config InlineBackend.print_figure_kwargs``).
+    2. Python's cyclic garbage collector: every few redraws a full (generation 2) collection walks every
+       object alive, and with torch, a model and matplotlib loaded that takes ~200 ms, a visible stutter.
+       After each cell, what is alive is collected once and then frozen (``gc.freeze()``), so the
+       collections a slider triggers only walk the objects made since (CPython's documented use of
+       ``gc.freeze``). Cycles made by widget callbacks are still collected.
+
+    Returns whether it applied (False outside IPython).
     """
     try:
         from IPython import get_ipython
@@ -49,4 +56,13 @@ def fast_inline_figures() -> bool:
     if shell is None:
         return False
     shell.run_line_magic("config", "InlineBackend.print_figure_kwargs = {'bbox_inches': None}")
+    if collect_and_freeze not in shell.events.callbacks["post_run_cell"]:
+        shell.events.register("post_run_cell", collect_and_freeze)
     return True
+
+
+def collect_and_freeze(result=None) -> None:
+    """Collect the garbage of a finished cell, then move every surviving object to the permanent
+    generation that the collector skips."""
+    gc.collect()
+    gc.freeze()
