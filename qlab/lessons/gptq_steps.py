@@ -175,7 +175,7 @@ def plot_gptq_frame(frame: GPTQFrame, traj: GPTQTrajectory, row: int = 0) -> plt
     axes[1].plot(k, frame.weights[row].numpy(), color="tab:blue", lw=1, label="GPTQ, now")
     axes[1].axvline(frame.column - 0.5, color="k", lw=1)
     axes[1].set(xlabel="input column k", ylabel=f"W[{int(frame.rows[row])}, k]")
-    axes[1].legend(fontsize=8, ncol=3)
+    axes[1].legend(fontsize=8, ncol=3, loc="upper right")   # a fixed place: "best" is slow to find on a slider
     return fig
 
 
