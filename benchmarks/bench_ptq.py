@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from qlab import scoreboard as sb
-from qlab.algorithms.mixed_precision import layer_sensitivity, measure_plan, search_plan
+from qlab.algorithms.mixed_precision import measure_plan, search_plan
 from qlab.algorithms.qat import convert_qat, prepare_qat, train_qat
 from qlab.checkpoint import load_model
 from qlab.evaluate import perplexity
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_mixed:
         print("\n== mixed precision (2/3/4/8-bit g128 RTN candidates)")
-        sens = layer_sensitivity(model, n_windows=sb.SENSITIVITY_WINDOWS)
+        sens = sb.mixed_sensitivity(model, 128)
         print(f"  sensitivities (val split, fast): {sens.seconds:.0f} s for {len(sens.layers)} layers x "
               f"{len(sens.candidates)} candidates")
         out["mixed"] = []

@@ -123,8 +123,15 @@ def _naive_w8a8(model: nn.Module, calib: torch.Tensor, act: str) -> nn.Module:
         lin, act="static", act_scale=(amax[n] / 127).clamp(min=EPS)), exclude=EXCLUDE)
 
 
+def mixed_sensitivity(model: nn.Module, group_size: Optional[int]):
+    """The sensitivity table the "mixed" rows search (2/3/4/8-bit RTN, ``SENSITIVITY_WINDOWS`` windows)."""
+    from qlab.algorithms.mixed_precision import layer_sensitivity
+
+    return layer_sensitivity(model, group_size=group_size, n_windows=SENSITIVITY_WINDOWS)
+
+
 def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], act: str,
-              calib: torch.Tensor, alpha: float | str) -> nn.Module:
+              calib: torch.Tensor, alpha: float | str, sensitivity=None) -> nn.Module:
     if method == "float":
         return model
     if method == "rtn":
@@ -148,9 +155,9 @@ def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], a
         return quantize_model(model, QuantRecipe("llm_int8"), exclude=EXCLUDE)
     if method == "fp8":
         return quantize_model(model, QuantRecipe("fp8", fmt="e4m3", act="per_tensor"), exclude=EXCLUDE)
-    from qlab.algorithms.mixed_precision import layer_sensitivity, plan_model, search_plan
+    from qlab.algorithms.mixed_precision import plan_model, search_plan
 
-    sens = layer_sensitivity(model, group_size=group_size, n_windows=SENSITIVITY_WINDOWS)
+    sens = mixed_sensitivity(model, group_size) if sensitivity is None else sensitivity
     return plan_model(model, search_plan(sens, float(wbits)), sens)
 
 
@@ -201,23 +208,33 @@ def _check_args(method: str, wbits, group_size, abits, act: str, mode: str) -> t
 
 def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
                abits: Optional[int] = None, *, act: str = "per_token", calib_samples: int = 128, seed: int = 0,
-               mode: str = "full", alpha: float | str = 0.5, float_perplexity: Optional[float] = None) -> ScoreRow:
+               mode: str = "full", alpha: float | str = 0.5, float_perplexity: Optional[float] = None,
+               sensitivity=None) -> ScoreRow:
     """Quantize a copy of ``model`` with ``method`` and measure it (see the module docstring).
 
     wbits: weight bits (default 4 for weight-only methods; the average-bits budget for "mixed");
     group_size: weight-only group (None: per channel); abits: 8 for the W8A8 methods (None there = 8);
     act: activation scales of "w8a8" / "smoothquant", "per_token" (dynamic) or "per_tensor" (static);
     calib_samples: seeded windows of the train split for the calibrated methods; mode: the test split
-    "full" or "fast"; float_perplexity: the float model's in the same mode, measured if None.
+    "full" or "fast"; float_perplexity: the float model's in the same mode, measured if None;
+    sensitivity: for "mixed", a ``mixed_sensitivity(model, group_size)`` already measured (several budgets
+    share one); its own time still counts in the row's time to quantize.
     """
     wbits, group_size, abits = _check_args(method, wbits, group_size, abits, act, mode)
+    if sensitivity is not None:
+        groups = {r.group_size for r in sensitivity.candidates}
+        if method != "mixed" or groups != {group_size}:
+            raise ValueError(f"sensitivity is for method 'mixed' with the group size it was measured with "
+                             f"({sorted(groups, key=str)}); got method {method!r}, group_size {group_size!r}")
     if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
         raise ValueError(f"calib_samples must be a positive int, got {calib_samples!r}")
     context = getattr(getattr(model, "config", None), "block_size", 256)
     calib = calibration_samples(calib_samples, context, seed=seed)        # (n, T)
     t0 = time.perf_counter()
-    qmodel = _quantize(model, method, wbits, group_size, act, calib, alpha)
+    qmodel = _quantize(model, method, wbits, group_size, act, calib, alpha, sensitivity)
     seconds = 0.0 if method == "float" else time.perf_counter() - t0
+    if sensitivity is not None:
+        seconds += sensitivity.seconds
     ppl = perplexity(qmodel, "test", mode).perplexity
     if method == "float":
         float_perplexity = ppl
@@ -233,10 +250,16 @@ def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int
     """``STANDARD_SET`` on ``model``, float first (its perplexity is the reference of the others);
     ``log`` gets one line per finished row (None: silent)."""
     rows: list[ScoreRow] = []
+    sensitivities = {}     # group size -> the table every "mixed" budget searches: measured once
     for method, wbits, group_size, act, *alpha in STANDARD_SET:
+        sens = None
+        if method == "mixed":
+            if group_size not in sensitivities:
+                sensitivities[group_size] = mixed_sensitivity(model, group_size)
+            sens = sensitivities[group_size]
         row = run_method(model, method, wbits, group_size, act=act or "per_token", calib_samples=calib_samples,
                          seed=seed, mode=mode, alpha=alpha[0] if alpha else 0.5,
-                         float_perplexity=rows[0].perplexity if rows else None)
+                         float_perplexity=rows[0].perplexity if rows else None, sensitivity=sens)
         rows.append(row)
         if log is not None:
             log(f"{row.method:<12} {row.scheme:<48} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "

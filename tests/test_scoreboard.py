@@ -181,3 +181,20 @@ def test_ptq_command_runs(model, monkeypatch, tmp_path, capsys):
     assert len(written) == 2 and written[0].endswith(".json") and written[1].endswith(".png")
     rows = sb.load_json(tmp_path / written[0])
     assert [r.method for r in rows] == ["float", "rtn", "smoothquant"] and "a=auto" in rows[2].scheme
+
+
+def test_mixed_rows_can_share_one_sensitivity_table(model, float_row, monkeypatch):
+    """A passed table gives the row a fresh one would, and its measuring time still counts; a table of
+    another group size or for another method is refused."""
+    monkeypatch.setattr(sb, "SENSITIVITY_WINDOWS", 4)
+    sens = sb.mixed_sensitivity(model, 128)
+    fresh = run_method(model, "mixed", 3.5, 128, mode="fast", float_perplexity=float_row.perplexity)
+    shared = run_method(model, "mixed", 3.5, 128, mode="fast", float_perplexity=float_row.perplexity,
+                        sensitivity=sens)
+    assert (shared.perplexity, shared.size_mb, shared.bits_per_weight) == \
+        (fresh.perplexity, fresh.size_mb, fresh.bits_per_weight)
+    assert shared.quantize_s >= sens.seconds > 0
+    with pytest.raises(ValueError, match="group size"):
+        run_method(model, "mixed", 3.5, None, mode="fast", sensitivity=sens)
+    with pytest.raises(ValueError, match="method 'mixed'"):
+        run_method(model, "rtn", 4, 128, mode="fast", sensitivity=sens)

@@ -130,21 +130,33 @@ def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *
 
     (The ``absmax`` of ``qlab.capture.capture_activations``, with only this statistic: one cheap hook.)
     """
-    tokens = check_calib_tokens(calib_tokens)
+    return _input_stats(model, check_calib_tokens(calib_tokens), names, batch_size=batch_size)[0]
+
+
+def _input_stats(model: nn.Module, tokens: Tensor, names: Sequence[str], *, batch_size: int,
+                 rows_of: Sequence[str] = (), max_rows: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One calibration pass: the per-channel max |x| of each linear in ``names`` and, for those in
+    ``rows_of``, up to ``max_rows`` input rows (every k-th token): (name -> (K,), name -> (rows, K))."""
+    stride = max(1, tokens.numel() // max_rows) if max_rows else 1
     modules = dict(model.named_modules())
     absmax: dict[str, Tensor] = {}
+    rows: dict[str, list[Tensor]] = {n: [] for n in rows_of}
 
     def hook(name: str):
         def fn(mod: nn.Module, args: tuple) -> None:
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()  # (K,)
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            a = x.abs().amax(dim=0).float()  # (K,)
             absmax[name] = a if name not in absmax else torch.maximum(absmax[name], a)
+            if name in rows:
+                rows[name].append(x[::stride].float().cpu())
         return fn
 
-    _run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in names}, batch_size)
+    _run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in dict.fromkeys([*names, *rows_of])},
+                          batch_size)
     missing = [n for n in names if n not in absmax]
     if missing:
         raise ValueError(f"these linears never ran on the calibration tokens: {missing}")
-    return absmax
+    return absmax, {n: torch.cat(r)[:max_rows] for n, r in rows.items()}
 
 
 def _excluded(name: str, exclude: Sequence[str]) -> bool:
@@ -186,10 +198,9 @@ def int8_spec(granularity) -> QuantSpec:
 
 
 def relative_error(y: Tensor, y_ref: Tensor) -> float:
-    """||y - y_ref||^2 / ||y_ref||^2, the sums in float64."""
-    d, y_ref = (y - y_ref).detach().flatten(), y_ref.detach().flatten()
-    return float(torch.dot(d, d).double() / torch.dot(y_ref, y_ref).double()) if d.dtype != torch.float64 else \
-        float(d.pow(2).sum() / y_ref.pow(2).sum())
+    """||y - y_ref||^2 / ||y_ref||^2, the sums accumulated in float64."""
+    y, y_ref = y.detach(), y_ref.detach()
+    return float((y - y_ref).pow(2).sum(dtype=torch.float64) / y_ref.pow(2).sum(dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -229,36 +240,29 @@ class AlphaSearch:
         return self.naive_error if self.alpha is None else self.errors[self.alphas.index(self.alpha)]
 
 
-@torch.no_grad()
 def group_rows(model: nn.Module, calib_tokens: Tensor, groups: Sequence[SmoothingGroup], *,
                max_rows: int = 2048, batch_size: int = 32) -> dict[str, Tensor]:
     """norm -> (<= max_rows, C) input rows of its group, every k-th token of the calibration set."""
-    tokens = check_calib_tokens(calib_tokens)
-    stride = max(1, tokens.numel() // max_rows)
-    modules = dict(model.named_modules())
-    rows: dict[str, list[Tensor]] = {g.norm: [] for g in groups}
-
-    def hook(norm: str):
-        def fn(mod: nn.Module, args: tuple) -> None:
-            rows[norm].append(args[0].detach().reshape(-1, args[0].shape[-1])[::stride].float().cpu())
-        return fn
-
-    _run_with_input_hooks(model, tokens, {modules[g.linears[0]]: hook(g.norm) for g in groups}, batch_size)
-    return {n: torch.cat(r)[:max_rows] for n, r in rows.items()}
+    readers = [g.linears[0] for g in groups]
+    _, rows = _input_stats(model, check_calib_tokens(calib_tokens), (), batch_size=batch_size, rows_of=readers,
+                           max_rows=max_rows)
+    return {g.norm: rows[g.linears[0]] for g in groups}
 
 
 @torch.no_grad()
 def search_alphas(model: nn.Module, calib_tokens: Tensor, groups: Sequence[SmoothingGroup], act: str, *,
-                  alphas: Sequence[float] = ALPHA_GRID, max_rows: int = 2048,
-                  batch_size: int = 32) -> list[AlphaSearch]:
+                  alphas: Sequence[float] = ALPHA_GRID, max_rows: int = 2048, batch_size: int = 32,
+                  rows: Optional[Mapping[str, Tensor]] = None) -> list[AlphaSearch]:
     """Per group, the alpha of ``alphas`` with the lowest W8A8 output error, or None (no smoothing) when
-    none beats the unsmoothed group (see the module docstring). ``model``: the float model, unsmoothed."""
+    none beats the unsmoothed group (see the module docstring). ``model``: the float model, unsmoothed.
+    ``rows``: norm -> the group's sampled input rows, if already taken (else ``group_rows`` takes them)."""
     if act not in ACT_MODES:
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
     alphas = tuple(float(_check_alpha(a)) for a in alphas)
     if not alphas:
         raise ValueError("alphas must hold at least one value in [0, 1]")
-    rows = group_rows(model, calib_tokens, groups, max_rows=max_rows, batch_size=batch_size)
+    if rows is None:
+        rows = group_rows(model, calib_tokens, groups, max_rows=max_rows, batch_size=batch_size)
     out = []
     for g in groups:
         linears = [model.get_submodule(n) for n in g.linears]
@@ -330,11 +334,15 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
     if not inplace:
         model = copy.deepcopy(model)
     names = [n for n in linear_layers(model) if not _excluded(n, exclude)]
-    absmax = input_absmax(model, tokens, names, batch_size=batch_size)  # (K,) per linear, before smoothing
+    # One calibration pass: the maxima (K,) of every linear's input before smoothing and, for "auto", the
+    # rows the search needs (those of the first linear reading each norm)
+    readers = ([ls[0] for ls in find_norm_linear_groups(model, tokens[:1, :16]).values()]
+               if alpha == "auto" else [])
+    absmax, sampled = _input_stats(model, tokens, names, batch_size=batch_size, rows_of=readers, max_rows=search_rows)
     groups = smoothing_groups(model, absmax, tokens[:1, :16], exclude)
     if alpha == "auto":
-        alpha = {r.norm: r.alpha for r in search_alphas(model, tokens, groups, act, max_rows=search_rows,
-                                                         batch_size=batch_size)}
+        alpha = {r.norm: r.alpha for r in search_alphas(
+            model, tokens, groups, act, rows={g.norm: sampled[g.linears[0]] for g in groups})}
         model.smoothquant_alphas = dict(alpha)
     scales = apply_smoothing(model, groups, alpha)
     amax = {n: a.max() for n, a in absmax.items()}

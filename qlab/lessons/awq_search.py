@@ -28,12 +28,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from qlab.algorithms.awq import AWQReport, awq_quantize_model, awq_scale_model, scale_candidates, search_scales
+from qlab.algorithms.smoothquant import relative_error
 from qlab.capture import ActivationStats
 from qlab.evaluate import perplexity_on
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import weight_spec
 from qlab.lessons.gptq_steps import block_linears
-from qlab.lessons.smoothing import relative_error
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 

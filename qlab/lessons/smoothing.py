@@ -30,21 +30,17 @@ from typing import Optional
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absmax, int8_spec, relative_error,
+from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absmax, relative_error,
                                          smoothing_effect, smoothing_groups, smoothquant_quantize_model,
                                          w8a8_group_error)
 from qlab.calibrators import CalibrationResult
 from qlab.capture import ActivationStats, linear_layers
 from qlab.evaluate import perplexity_on
-from qlab.granularity import PerAxis, PerTensor, PerToken
 from qlab.layers.llm_int8 import LLMInt8Linear, outlier_columns
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.outliers import LLM_INT8_THRESHOLD
-from qlab.quantize import fake_quantize
-from qlab.spec import QuantSpec
 
 ACTS = ("per_tensor", "per_token")
 ALPHAS = ALPHA_GRID   # the alpha slider: 0.00, 0.05, ..., 1.00 (the grid of alpha="auto")
