@@ -3,9 +3,22 @@
 import torch
 import torch.nn as nn
 
-from qlab.model import GPT, PRESETS
+from qlab.model import GPT, PRESETS, ModelConfig
 
 OUTLIER_CHANNELS = [3, 17, 40]
+ONE_BLOCK = ModelConfig(block_size=64, n_layer=1, n_head=2, n_embd=128)   # 6 linears, 128 or 512 wide: group 128 fits
+
+
+def tiny_gpt() -> GPT:
+    """The tiny preset, seed 0, in eval mode."""
+    torch.manual_seed(0)
+    return GPT(PRESETS["tiny"]).eval()
+
+
+def one_block_gpt() -> GPT:
+    """One block of width 128 (``ONE_BLOCK``), seed 0, in eval mode: every linear takes groups of 128."""
+    torch.manual_seed(0)
+    return GPT(ONE_BLOCK).eval()
 
 
 def tiny_gpt_with_outliers(factor: float = 1.0, channels=OUTLIER_CHANNELS) -> GPT:

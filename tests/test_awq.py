@@ -10,7 +10,7 @@ from qlab.algorithms.awq import (AWQReport, awq_quantize_model, awq_scale_model,
                                  group_gram_mse, scale_candidates, search_clip, search_scales)
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
-from qlab.model import GPT, PRESETS
+from qlab.model import GPT
 from qlab.quantize import fake_quantize
 
 from _models import tiny_gpt_with_outliers  # noqa: E402

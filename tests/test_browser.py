@@ -167,28 +167,35 @@ def _number_after(word: str, text: str) -> float:
 # The tests
 # ---------------------------------------------------------------------------------------------------
 
+def _drag_bits(page, before: str, position: float, after: str, shot: str, timeout: int = 60_000):
+    """Drag the "bits" slider from value ``before`` to ``position`` (0 = left end, 1 = right end), which
+    must read ``after``; both outputs must show a plot and the plot must change. Screenshots
+    ``<shot>_before.png`` and ``<shot>_slider.png`` (the README's). Returns (text, image) before and after."""
+    bits = page.slider("bits")
+    output = page.widget_output(bits)
+    assert page.slider_value(bits) == before
+    text_before, image_before = page.wait_output_settles(output)
+    assert image_before.startswith("data:image/png"), "the slider's plot is not shown"
+    page.show(page.cell_of(bits))
+    _screenshot(page, f"{shot}_before.png")
+
+    page.drag_slider(bits, position)
+    text_after, image_after = page.wait_output_settles(output, timeout=timeout)
+    assert page.slider_value(bits) == after
+    assert image_after.startswith("data:image/png") and image_after != image_before, "the plot did not redraw"
+    page.show(page.cell_of(bits))
+    _screenshot(page, f"{shot}_slider.png", readme=True)
+    return (text_before, image_before), (text_after, image_after)
+
+
 def test_one_tensor_bits_slider_redraws_plot_and_error(lab: LabServer, open_notebook) -> None:
     """Notebook 1: dragging "bits" from 4 to 8 redraws the plot and prints a smaller error."""
     page = open_notebook(ONE_TENSOR)
     page.run_all_cells()
     _assert_no_errors(page, lab)
-    bits = page.slider("bits")
-    output = page.widget_output(bits)
-    assert page.slider_value(bits) == "4"
-    text_before, image_before = page.wait_output_settles(output)
-    assert image_before.startswith("data:image/png"), "the slider's plot is not shown"
-    page.show(page.cell_of(bits))
-    _screenshot(page, "one_tensor_before.png")
-
-    page.drag_slider(bits, 1.0)  # to the right end: 8 bits
-    text_after, image_after = page.wait_output_settles(output)
-
-    assert page.slider_value(bits) == "8"
+    (text_before, _), (text_after, _) = _drag_bits(page, "4", 1.0, "8", "one_tensor")  # right end: 8 bits
     assert text_after.startswith("int8"), text_after
-    assert image_after.startswith("data:image/png") and image_after != image_before, "the plot did not redraw"
     assert _number_after("MSE", text_after) < _number_after("MSE", text_before), (text_before, text_after)
-    page.show(page.cell_of(bits))
-    _screenshot(page, "one_tensor_bits_slider.png", readme=True)
     _assert_no_errors(page, lab)
 
 
@@ -202,23 +209,10 @@ def test_ptq_transformer_model_slider(lab: LabServer, open_notebook) -> None:
     # takes minutes on two cores, and running every cell is nbval's job.
     page.run_cells(["load_model()", "rtn_sweep(", "widgets.interact"], timeout=150_000)
     _assert_no_errors(page, lab)
-    bits = page.slider("bits")
-    output = page.widget_output(bits)
-    assert page.slider_value(bits) == "4"
-    text_before, image_before = page.wait_output_settles(output)
-    assert image_before.startswith("data:image/png"), "the slider's plot is not shown"
-    page.show(page.cell_of(bits))
-    _screenshot(page, "ptq_transformer_before.png")
-
-    page.drag_slider(bits, 0.0)  # to the left end: 2 bits, where round-to-nearest breaks the model
-    text_after, image_after = page.wait_output_settles(output, timeout=90_000)
-
-    assert page.slider_value(bits) == "2"
+    # to the left end: 2 bits, where round-to-nearest breaks the model
+    (text_before, _), (text_after, _) = _drag_bits(page, "4", 0.0, "2", "ptq_transformer", timeout=90_000)
     assert text_after.startswith("int2"), text_after
-    assert image_after.startswith("data:image/png") and image_after != image_before, "the plot did not redraw"
     assert _number_after("perplexity", text_after) > _number_after("perplexity", text_before), (text_before, text_after)
-    page.show(page.cell_of(bits))
-    _screenshot(page, "ptq_transformer_slider.png", readme=True)
     _assert_no_errors(page, lab)
 
 

@@ -18,15 +18,14 @@ from qlab.lessons.calibration import (CALIBRATOR_NAMES, CalibratorBank, calibrat
                                       calibration_view, format_calibration_table, layer_input, make_calibrators,
                                       peak_to_mean, plot_calibration, w8a8_static_perplexity, with_percentile)
 from qlab.metrics import sqnr_db
-from qlab.model import GPT, PRESETS
 
+
+from _models import tiny_gpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return GPT(PRESETS["tiny"]).eval()
+tiny_model = tiny_gpt
 
 
 def tokens(n=4, length=32, seed=0):

@@ -17,16 +17,16 @@ from qlab.evaluate import perplexity
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons.mixed_qat import (most_sensitive, pct, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
                                     training_batches, uniform_points)
-from qlab.model import GPT, ModelConfig
 from qlab.sizes import effective_bits_per_weight
 
-CFG = ModelConfig(block_size=64, n_layer=1, n_head=2, n_embd=128)   # 6 linears, 128 or 512 wide
+from _models import ONE_BLOCK, one_block_gpt  # noqa: E402
+
+CFG = ONE_BLOCK
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return one_block_gpt()
 
 
 @pytest.fixture(scope="module")

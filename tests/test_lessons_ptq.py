@@ -16,15 +16,14 @@ from qlab.layers.weight_only import weight_spec
 from qlab.lessons.ptq import (GROUP_SIZES, SCHEMES, RTNSweep, dequantized_model, format_ptq_table, format_samples,
                               format_sweep, plot_rtn, ptq_table, rtn_recipe, rtn_spec, rtn_sweep, rtn_view,
                               static_act_ranges)
-from qlab.model import GPT, PRESETS
 
+
+from _models import tiny_gpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return GPT(PRESETS["tiny"]).eval()
+tiny_model = tiny_gpt
 
 
 def windows(n=3, length=33, seed=1):

@@ -12,16 +12,16 @@ from qlab.algorithms.mixed_precision import (LayerSensitivity, MixedPrecisionPla
 from qlab.evaluate import perplexity
 from qlab.layers import WeightOnlyLinear
 from qlab.layers.swap import QuantRecipe, quantize_model
-from qlab.model import GPT, ModelConfig
 from qlab.sizes import effective_bits_per_weight
 
-CFG = ModelConfig(block_size=64, n_layer=1, n_head=2, n_embd=128)   # 6 linears, all multiples of 128 wide
+from _models import ONE_BLOCK, one_block_gpt  # noqa: E402
+
+CFG = ONE_BLOCK
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return one_block_gpt()
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,17 @@ from qlab import cli
 from qlab import scoreboard as sb
 from qlab.evaluate import perplexity
 from qlab.layers.weight_only import weight_spec
-from qlab.model import GPT, ModelConfig
 from qlab.scoreboard import ScoreRow, pareto_front, run_method
 from qlab.sizes import effective_bits_per_weight
 
-CFG = ModelConfig(block_size=64, n_layer=1, n_head=2, n_embd=128)   # linears 128 or 512 wide: group 128 fits
+from _models import ONE_BLOCK, one_block_gpt  # noqa: E402
+
+CFG = ONE_BLOCK
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return one_block_gpt()
 
 
 @pytest.fixture(scope="module")

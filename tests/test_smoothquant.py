@@ -13,7 +13,7 @@ from qlab.calibrators.base import CalibrationResult
 from qlab.capture import capture_activations
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.w8a8 import W8A8Linear
-from qlab.model import GPT, PRESETS
+from qlab.model import GPT
 
 from _models import tiny_gpt_with_outliers  # noqa: E402
 
