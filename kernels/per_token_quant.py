@@ -16,7 +16,8 @@ An all-zero row gets scale eps and codes 0. The kernel is memory-bound: it reads
 element for fp16) and writes the codes (1 byte) and one fp32 scale per row; the benchmark compares it
 with a plain copy. Layout (docs/CONTRACTS.md): codes (M, K) int8, scales (M,) fp32.
 
-Reads like Triton's tutorial 03: kernel -> wrapper -> plain-torch reference.
+Reads like Triton's tutorial 03: kernel -> wrapper; the plain-torch reference is in reference.py
+(importable without Triton) and re-exported here.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-EPS = torch.finfo(torch.float32).eps  # smallest scale, as torch.ao's observers clamp it
-QMAX = 127  # narrow symmetric int8 range [-127, 127]
+# The plain-torch side, shared with the CPU path and importable without Triton (re-exported here):
+from qlab.kernels.reference import EPS, QMAX, per_token_quant_reference  # noqa: F401
+from qlab.kernels.reference import check_per_token_quant as check_inputs
+
 MAX_SINGLE_PASS_K = 16384  # rows up to this length are held in registers and read once
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -82,16 +84,6 @@ def _per_token_quant_kernel(
 
 
 # ----------------------------------------------------------------------------- wrapper
-def check_inputs(x: Tensor) -> None:
-    """Raise TypeError / ValueError unless ``x`` is a 2-D float tensor (M, K)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"x must be 2-D (M, K) with K > 0, got shape {tuple(x.shape)}")
-
-
 def per_token_quant_triton(x: Tensor, block_k: int | None = None) -> tuple[Tensor, Tensor]:
     """Per-token int8 codes (M, K) and fp32 scales (M,) of ``x`` (M, K), with the Triton kernel.
 
@@ -117,16 +109,3 @@ def per_token_quant_triton(x: Tensor, block_k: int | None = None) -> tuple[Tenso
         EPS=EPS, BLOCK_M=block_m, BLOCK_K=block_k, SINGLE_PASS=block_k >= K, num_warps=num_warps,
     )
     return q, s
-
-
-# ----------------------------------------------------------------------------- reference
-def per_token_quant_reference(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The same quantization in plain torch (fp32 math, ``torch.round`` = half to even)."""
-    check_inputs(x)
-    xf = x.float()
-    absmax = xf.abs().amax(dim=1, keepdim=True)  # (M, 1)
-    # Divide by a tensor, not by the number 127: for a number divisor torch's CUDA kernel multiplies
-    # by its reciprocal instead, which can be 1 ulp away from the IEEE quotient the kernel computes.
-    scale = (absmax / torch.full_like(absmax, QMAX)).clamp_min(EPS)
-    q = torch.round(xf / scale).clamp(-QMAX, QMAX).to(torch.int8)  # (M, K)
-    return q, scale.squeeze(1)

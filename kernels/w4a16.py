@@ -23,7 +23,7 @@ At small M the cost that matters besides reading the bytes is the ALU work per w
 dequantization avoids int-to-float conversions (16 per clock per SM on Hopper, a quarter of an integer
 op) with the "magic number" trick of Marlin / FasterTransformer: OR-ing a code c < 16 into the low
 mantissa bits of 1024.0 (fp16 bits 0x6400) gives the float 1024 + c exactly. For bf16 the same is
-done in fp32 (2**23 = bits 0x4B000000). Reads like Triton's tutorial 03: kernels -> wrapper -> reference.
+done in fp32 (2**23 = bits 0x4B000000). Reads like Triton's tutorial 03: kernels -> wrapper; the plain-torch reference is in reference.py.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qlab.kernels.reference import ACT_DTYPES, dequantize_int4, unpack_int4, w4a16_matmul_reference  # noqa: F401  (re-exported)
+from qlab.kernels.reference import check_w4a16 as check_inputs
+from qlab.kernels.reference import w4a16_unsupported_reason as triton_unsupported_reason
 from qlab.kernels.tiles import grouped_tile
 
-ACT_DTYPES = (torch.float16, torch.bfloat16)  # activations the Triton kernels take
 GEMV_MAX_M = 1  # batch 1 (decoding): no tensor cores
 SPLITK_MAX_M = 64  # up to here: BLOCK_M = 16 tiles with split K; beyond: the full tiled GEMM
 PATHS = ("gemv", "splitk", "tiled")
@@ -229,47 +231,6 @@ _w4a16_tiled = triton.autotune(configs=_tiled_configs(), key=["M", "N", "K", "gr
 
 
 # ----------------------------------------------------------------------------- wrapper
-def check_inputs(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int,
-                 bias: Tensor | None) -> None:
-    """Raise TypeError / ValueError unless the arguments follow the W4A16 layout of docs/CONTRACTS.md."""
-    for name, t in (("x", x), ("qweight", qweight), ("scales", scales)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not x.is_floating_point() or x.ndim != 2:
-        raise ValueError(f"x must be a 2-D float tensor (M, K), got {x.dtype} {tuple(x.shape)}")
-    if qweight.dtype != torch.uint8 or qweight.ndim != 2:
-        raise TypeError(f"qweight must be a 2-D uint8 tensor (K // 2, N), got {qweight.dtype} "
-                        f"{tuple(qweight.shape)}")
-    K, N = x.shape[1], qweight.shape[1]
-    if K % 2 or qweight.shape[0] != K // 2:
-        raise ValueError(f"qweight must have shape (K // 2, N) = ({K / 2:g}, N) for x of shape "
-                         f"{tuple(x.shape)} (K even), got {tuple(qweight.shape)}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or K % group_size:
-        raise ValueError(f"group_size must be a positive int dividing K = {K}, got {group_size!r}")
-    for name, t in (("scales", scales), ("zeros", zeros)):
-        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point()
-                              or tuple(t.shape) != (K // group_size, N)):
-            raise ValueError(f"{name} must be a float tensor of shape (K // group_size, N) = "
-                             f"({K // group_size}, {N}), got {getattr(t, 'dtype', type(t).__name__)} "
-                             f"{tuple(getattr(t, 'shape', ()))}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
-    devices = {t.device for t in (x, qweight, scales, zeros, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-
-
-def triton_unsupported_reason(x: Tensor, group_size: int) -> str | None:
-    """Why the Triton kernels cannot take these (valid) inputs, or None when they can."""
-    if x.dtype not in ACT_DTYPES:
-        return f"W4A16 Triton kernels take fp16/bf16 activations, got {x.dtype}"
-    K = x.shape[1]
-    if group_size % 32 and group_size != K:
-        return f"W4A16 Triton kernels need group_size a multiple of 32 or equal to K, got {group_size}"
-    return None
-
-
 def choose_path(M: int) -> str:
     """The launch shape for M rows: 'gemv', 'splitk' or 'tiled'."""
     return "gemv" if M <= GEMV_MAX_M else ("splitk" if M <= SPLITK_MAX_M else "tiled")
@@ -316,27 +277,3 @@ def w4a16_matmul_triton(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tenso
     kernel[grid](*args, c, M, N, K, group_size, *strides, *c.stride(), b.stride(0), **flags,
                  ATOMIC_OUT=atomic, DEQ_DTYPE=deq, DOT_DTYPE=dot)
     return c.to(x.dtype) if atomic else c
-
-
-# ----------------------------------------------------------------------------- reference
-def unpack_int4(qweight: Tensor) -> Tensor:
-    """Codes (K, N) from qweight (K // 2, N): row 2j is the low nibble of byte row j, row 2j + 1 the high."""
-    low, high = qweight & 0xF, qweight >> 4  # (K // 2, N) each
-    return torch.stack((low, high), dim=1).reshape(-1, qweight.shape[1])  # (K // 2, 2, N) -> (K, N)
-
-
-def dequantize_int4(qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int) -> Tensor:
-    """W (K, N) fp32 = (codes - zeros) * scales, each scale/zero row repeated over its group of G rows."""
-    codes = unpack_int4(qweight).float()
-    z = zeros.float().repeat_interleave(group_size, dim=0) if zeros is not None else 8.0  # (K, N)
-    return (codes - z) * scales.float().repeat_interleave(group_size, dim=0)
-
-
-def w4a16_matmul_reference(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int,
-                           bias: Tensor | None = None) -> Tensor:
-    """The same product in plain torch: dequantize to fp32, multiply in fp32, round once to x's dtype."""
-    check_inputs(x, qweight, scales, zeros, group_size, bias)
-    y = x.float() @ dequantize_int4(qweight, scales, zeros, group_size)  # (M, N)
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)

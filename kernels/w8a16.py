@@ -24,9 +24,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qlab.kernels.reference import ACT_DTYPES, w8a16_matmul_reference  # noqa: F401  (re-exported)
+from qlab.kernels.reference import check_w8a16 as check_inputs
+from qlab.kernels.reference import w8a16_unsupported_reason as triton_unsupported_reason
 from qlab.kernels.tiles import grouped_tile
 
-ACT_DTYPES = (torch.float16, torch.bfloat16)  # activations the Triton kernels take
 GEMV_MAX_M = 1
 SPLITK_MAX_M = 64
 PATHS = ("gemv", "splitk", "tiled")
@@ -171,35 +173,6 @@ _w8a16_tiled = triton.autotune(configs=_tiled_configs(), key=["M", "N", "K"])(_w
 
 
 # ----------------------------------------------------------------------------- wrapper
-def check_inputs(x: Tensor, wq: Tensor, scales: Tensor, bias: Tensor | None) -> None:
-    """Raise TypeError / ValueError unless the arguments follow the W8A16 layout of docs/CONTRACTS.md."""
-    for name, t in (("x", x), ("wq", wq), ("scales", scales)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not x.is_floating_point() or x.ndim != 2:
-        raise ValueError(f"x must be a 2-D float tensor (M, K), got {x.dtype} {tuple(x.shape)}")
-    if wq.dtype != torch.int8 or wq.ndim != 2 or wq.shape[0] != x.shape[1]:
-        raise ValueError(f"wq must be an int8 tensor of shape (K, N) with K = {x.shape[1]}, got "
-                         f"{wq.dtype} {tuple(wq.shape)}")
-    N = wq.shape[1]
-    if not scales.is_floating_point() or tuple(scales.shape) != (N,):
-        raise ValueError(f"scales must be a float tensor of shape ({N},), got {scales.dtype} "
-                         f"{tuple(scales.shape)}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
-    devices = {t.device for t in (x, wq, scales, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-
-
-def triton_unsupported_reason(x: Tensor) -> str | None:
-    """Why the Triton kernels cannot take these (valid) inputs, or None when they can."""
-    if x.dtype not in ACT_DTYPES:
-        return f"W8A16 Triton kernels take fp16/bf16 activations, got {x.dtype}"
-    return None
-
-
 def choose_path(M: int) -> str:
     """The launch shape for M rows: 'gemv', 'splitk' or 'tiled'."""
     return "gemv" if M <= GEMV_MAX_M else ("splitk" if M <= SPLITK_MAX_M else "tiled")
@@ -244,13 +217,3 @@ def w8a16_matmul_triton(x: Tensor, wq: Tensor, scales: Tensor, bias: Tensor | No
     kernel[grid](x, wq, scales, b, c, M, N, K, *strides, *c.stride(), *vec_strides, HAS_BIAS=bias is not None,
                  ATOMIC_OUT=atomic, DOT_DTYPE=dot)
     return c.to(x.dtype) if atomic else c
-
-
-# ----------------------------------------------------------------------------- reference
-def w8a16_matmul_reference(x: Tensor, wq: Tensor, scales: Tensor, bias: Tensor | None = None) -> Tensor:
-    """The same product in plain torch: fp32 math, one rounding to x's dtype at the end."""
-    check_inputs(x, wq, scales, bias)
-    y = (x.float() @ wq.float()) * scales.float()  # (M, N)
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)

@@ -14,7 +14,8 @@ xq (M, K) int8, x_scale (M,) fp32, wq (K, N) int8, w_scale (N,), bias (N,); outp
 On Hopper, Triton issues the fast wgmma instructions for an int8 ``tl.dot`` only when num_warps is a
 multiple of 4, BLOCK_M a multiple of 64 and BLOCK_K >= 32: the large-M configs below respect that.
 
-Reads like Triton's tutorial 03: kernel -> wrapper -> plain-torch reference.
+Reads like Triton's tutorial 03: kernel -> wrapper; the plain-torch reference is in reference.py
+(importable without Triton) and re-exported here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from qlab.kernels.reference import W8A8_OUT_DTYPES as OUT_DTYPES  # noqa: F401
+from qlab.kernels.reference import check_w8a8 as check_inputs
+from qlab.kernels.reference import w8a8_matmul_reference  # noqa: F401  (the plain-torch side, re-exported)
 from qlab.kernels.tiles import grouped_tile
 
-OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SMALL_M = 32  # up to this many rows, BLOCK_M = 16 / 32 tiles (mma.sync) instead of 64+ (wgmma)
 
 
@@ -100,34 +103,6 @@ def _w8a8_kernel(
 
 
 # ----------------------------------------------------------------------------- wrapper
-def check_inputs(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None,
-                 out_dtype: torch.dtype) -> None:
-    """Raise TypeError / ValueError unless the arguments follow the W8A8 layout."""
-    for name, t in (("xq", xq), ("x_scale", x_scale), ("wq", wq), ("w_scale", w_scale)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if xq.dtype != torch.int8 or wq.dtype != torch.int8:
-        raise TypeError(f"xq and wq must be int8, got {xq.dtype} and {wq.dtype}")
-    if xq.ndim != 2 or wq.ndim != 2 or xq.shape[1] != wq.shape[0]:
-        raise ValueError(f"xq must be (M, K) and wq (K, N) with the same K, got {tuple(xq.shape)} "
-                         f"and {tuple(wq.shape)}")
-    M, N = xq.shape[0], wq.shape[1]
-    if not x_scale.is_floating_point() or tuple(x_scale.shape) != (M,):
-        raise ValueError(f"x_scale must be a float tensor of shape ({M},), got {x_scale.dtype} "
-                         f"{tuple(x_scale.shape)}")
-    if not w_scale.is_floating_point() or tuple(w_scale.shape) != (N,):
-        raise ValueError(f"w_scale must be a float tensor of shape ({N},), got {w_scale.dtype} "
-                         f"{tuple(w_scale.shape)}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
-    devices = {t.device for t in (xq, x_scale, wq, w_scale, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-
-
 def w8a8_matmul_triton(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                        out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """y (M, N) = (x_scale[:, None] * w_scale[None, :]) * (xq @ wq) + bias, with the Triton kernel."""
@@ -149,18 +124,3 @@ def w8a8_matmul_triton(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor,
         HAS_BIAS=bias is not None,
     )
     return c
-
-
-# ----------------------------------------------------------------------------- reference
-def w8a8_matmul_reference(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None = None,
-                          out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """The same product in plain torch: exact integer sums (int64 on the CPU), then the fp32 epilogue."""
-    check_inputs(xq, x_scale, wq, w_scale, bias, out_dtype)
-    if xq.is_cuda:  # no integer matmul on CUDA in torch: fp64 sums are exact for |sum| < 2**53
-        acc = (xq.double() @ wq.double()).float()
-    else:
-        acc = (xq.long() @ wq.long()).float()  # (M, N)
-    y = acc * x_scale.float()[:, None] * w_scale.float()[None, :]
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(out_dtype)

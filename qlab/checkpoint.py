@@ -1,7 +1,7 @@
 """The shipped checkpoint and its model card: saving after ``qlab train``, loading with ``qlab.load_model()``.
 
 The weights live in ``qlab/checkpoints/small.pt`` (fp32 state dict + config) beside ``small.json``, a
-small model card: config, steps, tokens seen, validation and test perplexity and bits per byte, the
+small model card: config, steps, tokens seen, validation and test perplexity and bits per byte,
 the corpus snapshot (whose standard library, file and byte counts, SHA-256), the Python that trained, training time and machine, the outlier figures, and the
 SHA-256 of the weights file, which ``load_model`` verifies before trusting the file.
 """

@@ -5,6 +5,10 @@ import os
 import pytest
 import torch
 
+from _triton import skip_module_without_triton
+
+skip_module_without_triton()
+
 from qlab.kernels import dispatch, w4a16, w8a8, w8a16
 from qlab.kernels import per_token_quant as ptq
 from qlab.kernels.dispatch import active_path, force_triton

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from _triton import skip_module_without_triton
+
+skip_module_without_triton()
+
 from qlab.kernels.per_token_quant import EPS, per_token_quant_reference, per_token_quant_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

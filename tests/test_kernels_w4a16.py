@@ -9,6 +9,10 @@ exercised when these tests run on a GPU.
 import pytest
 import torch
 
+from _triton import skip_module_without_triton
+
+skip_module_without_triton()
+
 from qlab.kernels.w4a16 import (choose_path, dequantize_int4, triton_unsupported_reason, unpack_int4,
                                 w4a16_matmul_reference, w4a16_matmul_triton)
 

@@ -8,6 +8,10 @@ so the native bf16 tl.dot is only exercised on a GPU.
 import pytest
 import torch
 
+from _triton import skip_module_without_triton
+
+skip_module_without_triton()
+
 from qlab.kernels.w8a16 import choose_path, triton_unsupported_reason, w8a16_matmul_reference, w8a16_matmul_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

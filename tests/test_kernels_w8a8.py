@@ -6,6 +6,10 @@ Without a GPU the kernel runs in Triton's interpreter (tests/conftest.py sets TR
 import pytest
 import torch
 
+from _triton import skip_module_without_triton
+
+skip_module_without_triton()
+
 from qlab.kernels.per_token_quant import per_token_quant_reference
 from qlab.kernels.w8a8 import w8a8_matmul_reference, w8a8_matmul_triton
 

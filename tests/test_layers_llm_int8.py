@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from _triton import requires_triton
 from qlab.calibrators.base import CalibrationResult
 from qlab.layers.llm_int8 import LLMInt8Linear
 from qlab.layers.w8a8 import W8A8Linear
@@ -102,8 +103,9 @@ def test_float_columns_from_a_per_channel_calibration():
     assert torch.equal(W[:, 0], layer.qweight[0].float() * layer.weight_scale)
 
 
+@requires_triton
 def test_triton_path_matches_reference():
-    dispatch = pytest.importorskip("qlab.kernels.dispatch")
+    from qlab.kernels import dispatch
     from qlab.kernels import w8a8 as kernel
 
     lin = make_linear()

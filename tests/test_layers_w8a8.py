@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import qlab
+from _triton import requires_triton
 from qlab.calibrators import MinMax
 from qlab.calibrators.base import CalibrationResult
 from qlab.layers.w8a8 import WEIGHT_SPEC, W8A8Linear
@@ -90,8 +91,9 @@ def test_integer_sum_is_exact():
 
 
 @pytest.mark.parametrize("act", ["dynamic", "static"])
+@requires_triton
 def test_triton_path_matches_reference(act):
-    dispatch = pytest.importorskip("qlab.kernels.dispatch")
+    from qlab.kernels import dispatch
     from qlab.kernels import w8a8 as kernel
 
     layer = W8A8Linear.from_float(make_linear(), act=act, act_scale=0.02 if act == "static" else None)

@@ -92,3 +92,66 @@ def test_fast_widgets_sets_the_inline_backend_and_freezes_after_each_cell():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+# ----------------------------------------------------------------------------- the notebooks' thread policy
+def test_setup_notebook_sets_one_thread_and_seeds_every_generator():
+    import random
+
+    import numpy as np
+    import torch
+
+    from qlab.lessons import NOTEBOOK_THREADS, setup_notebook
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        setup_notebook(seed=5)
+        assert torch.get_num_threads() == NOTEBOOK_THREADS == 1
+        first = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())
+        setup_notebook(seed=5)
+        assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == first
+        setup_notebook(seed=6)
+        assert torch.rand(3).tolist() != first[0]
+    finally:
+        torch.set_num_threads(threads)
+    for bad in (-1, 1.5, "0", True):
+        with pytest.raises(ValueError, match="seed"):
+            setup_notebook(bad)
+
+
+def test_every_notebook_starts_with_setup_notebook_and_sets_no_threads_itself():
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from build_notebook import parse
+
+    sources = sorted((Path(__file__).resolve().parents[1] / "notebooks" / "src").glob("*.py"))
+    assert len(sources) >= 12
+    for src in sources:
+        code = [c.source for c in parse(src.read_text()) if c.cell_type == "code"]
+        assert "setup_notebook()" in code[0], f"{src.name}: the first code cell must call setup_notebook()"
+        assert not any("set_num_threads" in c or "manual_seed" in c for c in code), src.name
+
+
+_PRINTED_PERPLEXITY = """
+from qlab.lessons import setup_notebook
+setup_notebook()
+import qlab
+from qlab.evaluate import perplexity
+print(repr(perplexity(qlab.load_model(), "test", "fast").perplexity))
+"""
+
+
+def test_printed_numbers_do_not_depend_on_the_machines_thread_count():
+    """The same notebook line under OMP_NUM_THREADS=1 and =2: setup_notebook makes them bit-identical."""
+    import os
+
+    outs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        run = subprocess.run([sys.executable, "-c", _PRINTED_PERPLEXITY], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert run.returncode == 0, run.stderr
+        outs.append(run.stdout.strip())
+    assert outs[0] == outs[1] and float(outs[0]) > 1

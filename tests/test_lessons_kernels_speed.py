@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from _triton import requires_triton
 from qlab.kernels import bench
 from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, cpu_timing, crossover_m,
                                         find_gpu_results, gpu_results_table, plot_cpu_timing, plot_gpu_results,
@@ -93,6 +94,7 @@ def test_cpu_timing_ratios_and_outputs():
     plot_cpu_timing(t)
 
 
+@requires_triton
 def test_kernels_match_their_references():
     checks = check_kernels(shapes=((1, 32, 128), (5, 48, 128)), group_size=64)
     assert [c.kernel for c in checks] == ["w4a16", "w8a16", "w8a8"] * 2
@@ -102,12 +104,21 @@ def test_kernels_match_their_references():
     assert checks == check_kernels(shapes=((1, 32, 128), (5, 48, 128)), group_size=64)  # deterministic
 
 
+@requires_triton
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter check concerns CPU runs")
 def test_kernels_on_the_cpu_need_the_interpreter(monkeypatch):
     import triton
 
     monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        check_kernels("cpu")
+
+
+def test_kernel_check_without_triton_says_why(monkeypatch):
+    from qlab.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "TRITON_MISSING", "Triton is not installed on this Darwin arm64 machine")
+    with pytest.raises(RuntimeError, match="Triton is not installed on this Darwin"):
         check_kernels("cpu")
 
 

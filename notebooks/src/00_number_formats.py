@@ -16,7 +16,10 @@
 # and `qlab/sizes.py` (bits per weight).
 
 # %%
+from qlab.lessons import setup_notebook
 from qlab.number_formats import compare_formats, format_store_table, memory_table, format_memory_table, ALL_FORMATS
+
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 
 # %% [markdown]
 # ## One number in every format

@@ -25,13 +25,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.lessons.one_tensor import clip_error_curve, lesson_spec, plot_one_tensor, quantize_view
 from qlab.quantize import quantize
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 w = model.blocks[0].mlp.fc.weight.detach()  # (1024, 256): out_features x in_features
 print(f"shape {tuple(w.shape)}, min {w.min():.4f}, max {w.max():.4f}, std {w.std():.4f}")

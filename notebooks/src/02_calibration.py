@@ -25,7 +25,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
@@ -33,8 +33,7 @@ from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibra
                                       format_calibration_table, layer_input, make_calibrators, peak_to_mean,
                                       plot_calibration, w8a8_static_perplexity, with_percentile)
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 tokens = calibration_samples(8, 256, seed=0)  # 8 random windows of 256 bytes of the training split
 

@@ -25,7 +25,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.capture import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
@@ -35,8 +35,7 @@ from qlab.lessons.granularity import (GROUP_SIZES, activation_granularities, cha
                                       plot_channel_errors, plot_group_sweep, weight_granularities)
 from qlab.outliers import outlier_report
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 w = model.blocks[0].mlp.fc.weight.detach()  # (1024, 256): out x in
 

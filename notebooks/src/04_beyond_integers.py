@@ -22,7 +22,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.capture import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
@@ -30,8 +30,7 @@ from qlab.granularity import PerGroup
 from qlab.lessons.calibration import layer_input, peak_to_mean
 from qlab.lessons.formats import FORMATS, format_score_table, grid_view, plot_grid, score_formats, synthetic_samples
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.set_num_threads(1)  # reproducible sums on any machine, and no thread spin-waiting on a busy CPU
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 tokens = calibration_samples(4, 256, seed=0)
 with capture_activations(model) as stats:

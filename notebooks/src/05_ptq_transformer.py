@@ -28,15 +28,14 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows
 from qlab.lessons.ptq import (BITS, GROUP_SIZES, SCHEMES, format_ptq_table, format_samples, format_sweep, plot_rtn,
                               ptq_table, rtn_sweep, rtn_view, static_act_ranges)
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast")  # perplexity(mode="fast")
 calib = calibration_samples(32, 256, seed=0)  # for the static W8A8 ranges

@@ -29,7 +29,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab import capture_activations, format_outlier_table, outlier_report
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
@@ -38,8 +38,7 @@ from qlab.lessons.smoothing import (ALPHAS, channel_profile, format_int8_table, 
                                     format_smoothquant_table, groups_from_stats, llm_int8_sweep, plot_channel_profile,
                                     plot_smoothing, smoothing_curve, smoothing_setup, smoothing_view, smoothquant_table)
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 calib = calibration_samples(32, 256, seed=0)
 windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast")

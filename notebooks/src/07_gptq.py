@@ -27,7 +27,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.algorithms import gptq_quantize_model
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
@@ -36,8 +36,7 @@ from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_trajectory, layer_errors,
                                      layer_hessians, naive_vs_lazy, plot_gptq_frame, plot_hessian)
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 calib = calibration_samples(32, 256, seed=0)  # 8192 calibration tokens
 windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast")

@@ -28,7 +28,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
@@ -38,8 +38,7 @@ from qlab.lessons.awq_search import (awq_table, clip_summary, format_awq_table, 
                                      plot_scale_view, salient_table, scale_search, scale_view)
 from qlab.lessons.calibration import layer_input
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 calib = calibration_samples(32, 256, seed=0)
 windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast")

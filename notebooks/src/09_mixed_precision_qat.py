@@ -20,7 +20,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.checkpoint import load_model
 from qlab.evaluate import perplexity
@@ -28,8 +28,7 @@ from qlab.layers.swap import QuantRecipe
 from qlab.lessons.mixed_qat import (most_sensitive, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
                                     uniform_points)
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 float_ppl = perplexity(model, "test", "fast").perplexity
 print(f"float model: test perplexity {float_ppl:.4f} (fast: 16 windows of 256 bytes)")

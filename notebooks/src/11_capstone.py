@@ -24,13 +24,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from qlab.lessons import fast_widgets
+from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_recipe, plot_pick
 from qlab.scoreboard import pareto_front, run_method, scoreboard, short_label
 
-fast_widgets()  # faster slider redraws: no second layout pass per figure, no full GC pauses
-torch.manual_seed(0)
+setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 board = main_scoreboard()
 rows = board.rows
 print(board.label)

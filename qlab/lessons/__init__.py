@@ -11,9 +11,32 @@ data, tested in tests/test_lessons_<module>.py) and a plot function that draws i
 """
 
 import gc
+import random
 
 from matplotlib.axes import Axes
 from matplotlib.ticker import LogFormatter, LogLocator, NullLocator
+
+
+# The thread policy of the tutorial: torch runs on one thread in every notebook. A sum split over
+# threads is added in another order on another core count, and its last bits change; on one thread the
+# outputs nbval compares are the same on a 2-core laptop and a 64-core server. (The lessons' tensors are
+# small: a second thread saves ~0.1 s on a perplexity, and spin-waits on a busy 2-core machine.)
+NOTEBOOK_THREADS = 1
+
+
+def setup_notebook(seed: int = 0) -> None:
+    """The first call of every notebook: torch on ``NOTEBOOK_THREADS`` thread(s), the random generators
+    of torch, numpy and Python seeded with ``seed``, and fast slider redraws (``fast_widgets``)."""
+    import numpy as np
+    import torch
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    torch.set_num_threads(NOTEBOOK_THREADS)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    fast_widgets()
 
 
 def log_yscale(ax: Axes) -> None:

@@ -305,6 +305,10 @@ def check_kernels(device: str | None = None, shapes: Sequence[tuple[int, int, in
     device: "cuda" (compiled kernels) or "cpu" (Triton's interpreter: TRITON_INTERPRET=1 must have been
     set before triton was imported); default: cuda if available.
     """
+    from qlab.kernels import dispatch
+
+    if dispatch.TRITON_MISSING is not None:
+        raise RuntimeError(f"the Triton kernels cannot run: {dispatch.TRITON_MISSING}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     import triton
 
