@@ -1,21 +1,39 @@
 # The two commands of the README:  `make lab`  and  `make test`.
 # Both install what they need into .venv first; re-running is fast when nothing changed.
-PYTHON ?= python3
+#
+# Variables (make VAR=value ...):
+#   PYTHON           the interpreter the venv is made from (3.10 ... 3.13), e.g. PYTHON=python3.12
+#   TORCH            the torch requirement installed first, e.g. TORCH=torch==2.13.0+cpu for the CPU build
+#   EXTRA_INDEX_URL  one more package index for pip, e.g. PyTorch's CPU-only wheel index
+# A different PYTHON, TORCH or EXTRA_INDEX_URL than the venv was made with makes a new venv.
+PYTHON          ?= python3
+TORCH           ?= torch==2.13.0
+EXTRA_INDEX_URL ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+CONFIG := $(VENV)/.config
+INDEX  := $(if $(strip $(EXTRA_INDEX_URL)),--extra-index-url "$(EXTRA_INDEX_URL)")
+WANTED := python=$(shell $(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) torch=$(TORCH) index=$(EXTRA_INDEX_URL)
 
-.PHONY: install lab test test-py test-nb demo bench clean
+.PHONY: install lab test test-py test-nb demo bench clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml environment.yml
+# Rewritten (and the venv removed) only when the wanted configuration changes, so the stamp below
+# stays valid otherwise.
+$(CONFIG): FORCE
+	@case "$(WANTED)" in python=\ *) echo "qlab: error: PYTHON=$(PYTHON) does not run" >&2; exit 2;; esac
+	@if [ "$$(cat $@ 2>/dev/null)" != "$(WANTED)" ]; then \
+		echo "making a new $(VENV) for: $(WANTED)"; rm -rf $(VENV); mkdir -p $(VENV); echo "$(WANTED)" > $@; fi
+
+$(STAMP): pyproject.toml environment.yml $(CONFIG)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
-	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[test,hf]"
+	$(PIP) install -q $(INDEX) "$(TORCH)"
+	$(PIP) install -q $(INDEX) -e ".[test,hf]"
 	touch $(STAMP)
 
 lab: install

@@ -3,10 +3,15 @@
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +52,32 @@ def test_every_subpackage_is_listed_for_installation():
     found = {"qlab." + p.parent.relative_to(ROOT / "qlab").as_posix().replace("/", ".")
              for p in (ROOT / "qlab").rglob("__init__.py") if p.parent != ROOT / "qlab"}
     assert found | {"qlab", "qlab.kernels"} == listed
+
+
+def _triton_requirement():
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(Requirement(r) for r in deps if _name(r) == "triton")
+
+
+@pytest.mark.parametrize("platform_env,installs", [
+    ({"sys_platform": "linux", "platform_machine": "x86_64"}, True),
+    ({"sys_platform": "linux", "platform_machine": "aarch64"}, True),
+    ({"sys_platform": "darwin", "platform_machine": "arm64"}, False),    # no macOS wheel
+    ({"sys_platform": "darwin", "platform_machine": "x86_64"}, False),
+    ({"sys_platform": "win32", "platform_machine": "AMD64"}, False),     # no Windows wheel
+])
+def test_triton_is_asked_for_only_where_its_wheels_exist(platform_env, installs):
+    req = _triton_requirement()
+    assert req.marker is not None and req.marker.evaluate(platform_env) is installs
+
+
+def test_every_listed_requirement_parses():
+    from packaging.requirements import Requirement
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    for r in pip:
+        if not r.startswith("-e"):
+            Requirement(r)  # raises InvalidRequirement on a malformed line or marker

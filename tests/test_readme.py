@@ -21,7 +21,22 @@ def test_the_readme_measurements_are_the_committed_json():
     text = (ROOT / "README.md").read_text()
     assert tool.replace_block(text, tool.block()) == text, "run python tools/readme_blocks.py"
     assert tool.replace_block(text, tool.times_block(), tool.TIMES_START, tool.TIMES_END) == text
+    assert tool.replace_block(text, tool.hosting_block(), tool.HOSTING_START, tool.HOSTING_END) == text
     assert tool.main(["--check"]) == 0
+
+
+def test_the_hosting_figures_follow_from_the_measurements():
+    """The instructor's memory and CPU figures are the heaviest notebook's, and the limit covers two kernels."""
+    import json
+
+    tool = readme_tool()
+    record = json.loads(tool.notebook_times_file().read_text())
+    heaviest = max(r["peak_rss_mib"] for r in record["notebooks"])
+    block = tool.hosting_block()
+    assert f"peaks at {heaviest} MiB" in block and f"holds {record['jupyterlab_server_rss_mib']} MiB" in block
+    limit = float(re.search(r'mem_limit = "([\d.]+)G"', block).group(1)) * 1024
+    assert limit >= record["jupyterlab_server_rss_mib"] + 2 * heaviest
+    assert all(r["cpu_seconds"] > 0 and 0 < r["peak_rss_mib"] < 8192 for r in record["notebooks"])
 
 
 def test_the_notebook_times_cover_every_notebook_within_the_targets():

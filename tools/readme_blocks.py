@@ -3,7 +3,8 @@
 * the scoreboard: the file ``qlab ptq --all`` wrote (``benchmarks/results/scoreboard-<machine>.json``;
   the one with the most rows when there are several), rendered by ``qlab.scoreboard.scoreboard(rows,
   "markdown")``, with the machine it was measured on;
-* the notebook times: the file ``tools/time_notebooks.py`` wrote (``benchmarks/results/notebooks-*.json``).
+* the notebook times: the file ``tools/time_notebooks.py`` wrote (``benchmarks/results/notebooks-*.json``);
+* what a class server must give each student (memory, CPU), from the same file.
 
 ``tests/test_readme.py`` checks that README.md holds exactly what this writes, so a number in the README
 is always the measured one.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -65,12 +67,47 @@ def times_block(results_dir: Path = RESULTS) -> str:
     rows = record["notebooks"]
     lines = [TIMES_START,
              f"nbval time of each notebook (`tools/time_notebooks.py`, measured on {record['date']} on "
-             f"**{record['machine']}**; source `{path.relative_to(ROOT)}`):", "",
-             "| notebook | cells passed | seconds |", "|---|---:|---:|"]
-    lines += [f"| `{r['notebook']}` | {r['passed']} | {r['seconds']:.1f} |" for r in rows]
-    lines += [f"| all {len(rows)} | {sum(r['passed'] for r in rows)} | {sum(r['seconds'] for r in rows):.1f} |",
+             f"**{record['machine']}**, Python {record['python']}; source `{path.relative_to(ROOT)}`). "
+             "Peak memory is the largest process of the run, the notebook's kernel; CPU seconds over "
+             "seconds is how many cores the run kept busy:", "",
+             "| notebook | cells passed | seconds | peak memory MiB | CPU seconds |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| `{r['notebook']}` | {r['passed']} | {r['seconds']:.1f} | {r['peak_rss_mib']} | {r['cpu_seconds']:.1f} |"
+              for r in rows]
+    heaviest = max(rows, key=lambda r: r["peak_rss_mib"])
+    lines += [f"| all {len(rows)} | {sum(r['passed'] for r in rows)} | {sum(r['seconds'] for r in rows):.1f} | "
+              f"{heaviest['peak_rss_mib']} (`{heaviest['notebook']}`) | {sum(r['cpu_seconds'] for r in rows):.1f} |",
               TIMES_END]
     return "\n".join(lines)
+
+
+HOSTING_START, HOSTING_END = "<!-- hosting:start -->", "<!-- hosting:end -->"
+
+
+def hosting_block(results_dir: Path = RESULTS) -> str:
+    """The README block for instructors: memory and CPU one student needs, from the notebook measurements."""
+    path = notebook_times_file(results_dir)
+    record = json.loads(path.read_text())
+    rows = record["notebooks"]
+    heaviest = max(rows, key=lambda r: r["peak_rss_mib"])
+    server = record["jupyterlab_server_rss_mib"]
+    one_kernel = server + heaviest["peak_rss_mib"]
+    limit_gib = math.ceil(2 * (one_kernel + heaviest["peak_rss_mib"]) / 1024) / 2  # two kernels open, 0.5 GiB steps
+    busiest = max(rows, key=lambda r: r["cpu_seconds"] / r["seconds"])
+    cores = busiest["cpu_seconds"] / busiest["seconds"]
+    return "\n".join([
+        HOSTING_START,
+        f"- **Memory:** the heaviest notebook, `{heaviest['notebook']}`, peaks at {heaviest['peak_rss_mib']} MiB "
+        f"(its kernel); the JupyterLab server itself holds {server} MiB. One student with one running kernel: "
+        f"{one_kernel} MiB; with a second notebook's kernel left running, up to "
+        f"{one_kernel + heaviest['peak_rss_mib']} MiB. Suggested limit: `c.Spawner.mem_limit = \"{limit_gib:g}G\"` "
+        "(shut down kernels you no longer use: *Kernel > Shut Down Kernel*).",
+        f"- **CPU:** every notebook runs torch on one thread; the busiest run, `{busiest['notebook']}`, kept "
+        f"{cores:.2f} cores busy on average ({busiest['cpu_seconds']:.1f} CPU s in {busiest['seconds']:.1f} s, "
+        "nbval and kernel start included). Suggested: `c.Spawner.cpu_limit = 1` with a guarantee of 0.5; "
+        "a 2-core student server is ample.",
+        f"- Measured on {record['date']} on **{record['machine']}**, Python {record['python']}, torch "
+        f"{record['torch']}; source `{path.relative_to(ROOT)}`.",
+        HOSTING_END])
 
 
 def replace_block(text: str, new_block: str, start: str = START, end: str = END) -> str:
@@ -80,7 +117,8 @@ def replace_block(text: str, new_block: str, start: str = START, end: str = END)
 
 
 def updated_readme(text: str) -> str:
-    return replace_block(replace_block(text, block()), times_block(), TIMES_START, TIMES_END)
+    text = replace_block(replace_block(text, block()), times_block(), TIMES_START, TIMES_END)
+    return replace_block(text, hosting_block(), HOSTING_START, HOSTING_END)
 
 
 def main(argv: list[str] | None = None) -> int:
