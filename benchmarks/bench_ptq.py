@@ -35,8 +35,8 @@ from qlab.algorithms.qat import convert_qat, prepare_qat, train_qat
 from qlab.checkpoint import load_model
 from qlab.evaluate import perplexity
 from qlab.layers.swap import QuantRecipe, quantize_model
-from qlab.model import GPT, PRESETS
-from qlab.train import machine_description
+from qlab.model import GPT
+from qlab.train import load_trained_model, machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,11 +51,7 @@ def verdict(ok: bool) -> str:
 
 
 def load(state: str | None) -> GPT:
-    if state is None:
-        return load_model()
-    model = GPT(PRESETS["small"])
-    model.load_state_dict(torch.load(state, weights_only=False)["model"])
-    return model.eval()
+    return load_model() if state is None else load_trained_model(state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,9 +57,9 @@ from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity
 from qlab.lessons import (awq_search, calibration, capstone, collect_and_freeze, formats, gptq_steps, granularity,
                           kernels_speed, mixed_qat, one_tensor, ptq, smoothing)
-from qlab.model import GPT, PRESETS
+from qlab.model import GPT
 from qlab.scoreboard import machine_slug
-from qlab.train import machine_description
+from qlab.train import load_trained_model, machine_description
 
 TENSOR_TARGET_MS = 200.0  # widgets that work on one tensor, a table or a precomputed sweep
 MODEL_TARGET_MS = 2000.0  # widgets that re-quantize the model and re-evaluate its perplexity
@@ -153,12 +153,7 @@ class Lab:
             from qlab.checkpoint import load_model
 
             return timed("load_model (shipped checkpoint)", load_model)
-        return timed(f"load {self.train_state}", self._load_train_state)
-
-    def _load_train_state(self) -> GPT:
-        model = GPT(PRESETS["small"])
-        model.load_state_dict(torch.load(self.train_state, weights_only=False)["model"])
-        return model.eval()
+        return timed(f"load {self.train_state}", lambda: load_trained_model(self.train_state))
 
     @cached_property
     def weight(self) -> torch.Tensor:

@@ -12,9 +12,11 @@ rounds with the float "magic number" trick ``(v + 1.5 * 2**23) - 1.5 * 2**23``, 
 adder itself round to an integer with the IEEE default mode (round to nearest, ties to even). The
 division is IEEE-rounded (``tl.math.div_rn``) like torch's, so codes agree exactly.
 
-An all-zero row gets scale eps and codes 0. The kernel is memory-bound: it reads x once (2 bytes per
-element for fp16) and writes the codes (1 byte) and one fp32 scale per row; the benchmark compares it
-with a plain copy. Layout (docs/CONTRACTS.md): codes (M, K) int8, scales (M,) fp32.
+An all-zero row gets scale eps and codes 0. A row holding NaN or Inf gets scale NaN and codes 0 in both
+implementations (``tl.max`` skips NaN, so the kernel counts each row's non-finite elements itself): a
+product that uses the row comes out NaN, as a float matmul would, never from codes that look valid.
+The kernel is memory-bound: it reads x once (2 bytes per element for fp16) and writes the codes
+(1 byte) and one fp32 scale per row; the benchmark compares it with a plain copy. Layout (docs/CONTRACTS.md): codes (M, K) int8, scales (M,) fp32.
 
 Reads like Triton's tutorial 03: kernel -> wrapper; the plain-torch reference is in reference.py
 (importable without Triton) and re-exported here.
@@ -60,24 +62,31 @@ def _per_token_quant_kernel(
         mask = m_mask[:, None] & (offs_k[None, :] < K)
         x = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
         absmax = tl.max(tl.abs(x), axis=1)  # (BLOCK_M,)
+        n_bad = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)  # NaN / Inf per row
         scale = tl.maximum(tl.math.div_rn(absmax, 127.0), EPS)
+        scale = tl.where(n_bad > 0, float("nan"), scale)
         v = tl.math.div_rn(x, scale[:, None])
         v = (v + 12582912.0) - 12582912.0  # round half to even: 12582912 = 1.5 * 2**23
+        v = tl.where(n_bad[:, None] > 0, 0.0, v)  # a non-finite row: codes 0, as the reference
         q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
         tl.store(q_rows + offs_k[None, :] * stride_qk, q, mask=mask)
     else:
         # Long rows: a first sweep finds the absmax, a second one quantizes (x is read twice).
         absmax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        n_bad = tl.zeros((BLOCK_M,), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             mask = m_mask[:, None] & (k0 + offs_k[None, :] < K)
             x = tl.load(x_rows + (k0 + offs_k[None, :]) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             absmax = tl.maximum(absmax, tl.max(tl.abs(x), axis=1))
+            n_bad += tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)
         scale = tl.maximum(tl.math.div_rn(absmax, 127.0), EPS)
+        scale = tl.where(n_bad > 0, float("nan"), scale)
         for k0 in range(0, K, BLOCK_K):
             mask = m_mask[:, None] & (k0 + offs_k[None, :] < K)
             x = tl.load(x_rows + (k0 + offs_k[None, :]) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             v = tl.math.div_rn(x, scale[:, None])
             v = (v + 12582912.0) - 12582912.0  # round half to even, as above
+            v = tl.where(n_bad[:, None] > 0, 0.0, v)  # a non-finite row: codes 0, as above
             q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
             tl.store(q_rows + (k0 + offs_k[None, :]) * stride_qk, q, mask=mask)
     tl.store(s_ptr + offs_m, scale, mask=m_mask)

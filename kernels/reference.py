@@ -32,14 +32,21 @@ def check_per_token_quant(x: Tensor) -> None:
 
 
 def per_token_quant_reference(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The same quantization in plain torch (fp32 math, ``torch.round`` = half to even)."""
+    """The same quantization in plain torch (fp32 math, ``torch.round`` = half to even).
+
+    A row holding NaN or Inf gets scale NaN and codes 0 (the Triton kernel does the same): a product that
+    uses the row comes out NaN, as a float matmul would, never from codes that look valid.
+    """
     check_per_token_quant(x)
     xf = x.float()
-    absmax = xf.abs().amax(dim=1, keepdim=True)  # (M, 1)
+    absmax = xf.abs().amax(dim=1, keepdim=True)  # (M, 1); NaN or Inf for a non-finite row
     # Divide by a tensor, not by the number 127: for a number divisor torch's CUDA kernel multiplies
     # by its reciprocal instead, which can be 1 ulp away from the IEEE quotient the kernel computes.
     scale = (absmax / torch.full_like(absmax, QMAX)).clamp_min(EPS)
-    q = torch.round(xf / scale).clamp(-QMAX, QMAX).to(torch.int8)  # (M, K)
+    finite = torch.isfinite(absmax)  # (M, 1)
+    scale = torch.where(finite, scale, torch.nan)
+    v = torch.where(finite, torch.round(xf / scale), 0.0)  # NaN has no int8 code: 0, explicitly
+    q = v.clamp(-QMAX, QMAX).to(torch.int8)  # (M, K)
     return q, scale.squeeze(1)
 
 

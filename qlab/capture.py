@@ -31,12 +31,25 @@ most twice the absmax.
 Mean and std are merged with Chan, Golub & LeVeque's pairwise update in float64 (no cancellation
 from ``sum x^2 / n - mean^2``); ``std`` is the population standard deviation (``correction=0``).
 Everything is computed under ``torch.no_grad``; the body of the ``with`` block runs under it too.
+
+Name patterns: one rule for every qlab function that selects layers by name (``layers`` here,
+``include`` / ``exclude`` of ``quantize_model``, ``rtn_quantize``, SmoothQuant, QAT, mixed precision),
+implemented once in ``name_matches``. A pattern is an ``fnmatch`` pattern (``*`` also crosses dots) and
+matches a module when it matches its full name OR the name with leading components dropped:
+
+    pattern      matches                                         does not match
+    "lm_head"    "lm_head", "model.lm_head" (a qlab.hf wrapper)  "lm_head_2", "model.lm_head.x"
+    "mlp.fc"     "blocks.0.mlp.fc", "blocks.1.mlp.fc"            "blocks.0.mlp.fc2"
+    "*.mlp.*"    "blocks.0.mlp.fc", "blocks.0.mlp.proj"          "mlp.fc" (nothing before "mlp")
+
+So the default ``exclude=("lm_head",)`` keeps the output head in float whether the model is qlab's GPT
+or a wrapped Hugging Face model.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -63,28 +76,56 @@ def in_features_of(module: nn.Module) -> int:
     raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
 
 
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of a linear-like module as (out, in): ``nn.Linear``'s itself, ``Conv1D``'s transposed (a view)."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if is_linear_like(module):
+        return module.weight.t()  # Conv1D stores (in, out)
+    raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
+
+
 def is_norm_like(module: nn.Module) -> bool:
     """A normalisation layer, recognised by its class name (LayerNorm, RMSNorm, LlamaRMSNorm, ...)."""
     return "norm" in type(module).__name__.lower()
 
 
+def check_patterns(value: str | Sequence[str], arg: str) -> tuple[str, ...]:
+    """A pattern string or a sequence of them, as a tuple; a TypeError naming ``arg`` otherwise."""
+    if isinstance(value, str):
+        return (value,)
+    patterns = tuple(value) if isinstance(value, Iterable) else None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{arg} must be a name pattern (str) or a sequence of them, e.g. ('lm_head',), "
+                        f"got {value!r}")
+    return patterns
+
+
+def name_matches(name: str, patterns: str | Sequence[str]) -> bool:
+    """True when a pattern matches ``name`` or one of its dotted suffixes (the rule of the module docstring)."""
+    patterns = check_patterns(patterns, "patterns")
+    parts = name.split(".")
+    suffixes = [".".join(parts[i:]) for i in range(len(parts))]  # "a.b.c", "b.c", "c"
+    return any(fnmatch.fnmatchcase(s, p) for p in patterns for s in suffixes)
+
+
 def linear_layers(model: nn.Module, layers: str | Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """The linear-like submodules of ``model`` by qualified name, optionally filtered by fnmatch patterns.
+    """The linear-like submodules of ``model`` by qualified name, optionally filtered by name patterns.
 
     Raises ValueError listing the available names when nothing (or some pattern) matches.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    patterns = None if layers is None else check_patterns(layers, "layers")
     found = {name: m for name, m in model.named_modules() if is_linear_like(m)}
     if not found:
         raise ValueError(f"model ({type(model).__name__}) has no nn.Linear or Conv1D layer")
-    if layers is None:
+    if patterns is None:
         return found
-    patterns = [layers] if isinstance(layers, str) else list(layers)
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in found):
+        if not any(name_matches(name, pattern) for name in found):
             raise ValueError(f"layers pattern {pattern!r} matches no linear layer; available: {sorted(found)}")
-    return {n: m for n, m in found.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    return {n: m for n, m in found.items() if name_matches(n, patterns)}
 
 
 # -------------------------------------------------------------------------------- per-layer statistics

@@ -4,14 +4,22 @@ The weights live in ``qlab/checkpoints/small.pt`` (fp32 state dict + config) bes
 small model card: config, steps, tokens seen, validation and test perplexity and bits per byte,
 the corpus snapshot (whose standard library, file and byte counts, SHA-256), the Python that trained, training time and machine, the outlier figures, and the
 SHA-256 of the weights file, which ``load_model`` verifies before trusting the file.
+
+Every torch file qlab reads (the weights, a training state) goes through ``safe_load``: ``torch.load``
+with ``weights_only=True``, which builds tensors and plain containers only. A full unpickler would call
+whatever functions the file names, so a crafted file could run code just by being loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import platform
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +37,32 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def safe_load(path: Path | str) -> Any:
+    """The contents of a ``torch.save`` file of tensors, numbers, strings, lists and dicts, on the CPU.
+
+    Anything else is refused with a ValueError naming the file, before any of it is built: loading
+    must never run code, and unpickling arbitrary objects can.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # a plain pickle warns of its protocol: it is refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if named:
+            raise ValueError(f"{path} was not loaded: loading it would call {named.group(1)}, and a file that "
+                             f"calls functions can run any code; qlab loads only tensors and plain data "
+                             f"(numbers, strings, lists, dicts)") from None
+        raise ValueError(f"{path} is not a torch file of tensors and plain data (torch.save), so it was not "
+                         f"loaded") from None
+    except OSError:
+        raise  # missing, a folder, unreadable: the message names the file already
+    except Exception as exc:  # a corrupt zip, a truncated file, garbage the unpickler trips over
+        detail = str(exc).split(".")[0] or "the file ended early"
+        raise ValueError(f"{path} could not be read as a torch file ({type(exc).__name__}: {detail})") from None
+
+
 def card_path(name: str = "small", directory: Path = CHECKPOINT_DIR) -> Path:
     return Path(directory) / f"{name}.json"
 
@@ -37,7 +71,23 @@ def load_card(name: str = "small", directory: Path = CHECKPOINT_DIR) -> dict:
     path = card_path(name, directory)
     if not path.exists():
         raise FileNotFoundError(f"model card {path} is missing; {RETRAIN_HINT}")
-    return json.loads(path.read_text())
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model card {path} is not valid JSON ({exc}); {RETRAIN_HINT}") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {path} is not a JSON object but a {type(card).__name__}; {RETRAIN_HINT}")
+    return card
+
+
+def model_config(name: str = "small", directory: Path | str = CHECKPOINT_DIR) -> ModelConfig:
+    """The checkpoint's ModelConfig, read from its model card (the weights stay unread)."""
+    path = card_path(name, directory)
+    config = load_card(name, directory).get("config")
+    try:
+        return ModelConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model card {path} has no valid 'config' ({exc}); {RETRAIN_HINT}") from None
 
 
 def load_model(name: str = "small", directory: Path | str = CHECKPOINT_DIR, *, verify: bool = True) -> GPT:
@@ -48,12 +98,16 @@ def load_model(name: str = "small", directory: Path | str = CHECKPOINT_DIR, *, v
         raise FileNotFoundError(f"checkpoint {weights} is missing; {RETRAIN_HINT}")
     card = load_card(name, directory)
     if verify:
+        expected = card.get("sha256")
+        if not isinstance(expected, str):
+            raise ValueError(f"model card {card_path(name, directory)} has no 'sha256' of {weights.name} to "
+                             f"verify it with; {RETRAIN_HINT}")
         actual = sha256_of(weights)
-        if actual != card["sha256"]:
+        if actual != expected:
             raise RuntimeError(f"checkpoint {weights} is corrupt: sha256 {actual} does not match the model card's "
-                               f"{card['sha256']}; {RETRAIN_HINT}")
+                               f"{expected}; {RETRAIN_HINT}")
     try:
-        blob = torch.load(weights, map_location="cpu", weights_only=True)
+        blob = safe_load(weights)
         model = GPT(ModelConfig(**blob["config"]))
         model.load_state_dict(blob["state_dict"])
     except Exception as exc:  # a truncated or foreign file: say what to do, not where it broke

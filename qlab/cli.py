@@ -6,14 +6,82 @@
     qlab demo                 headless demo: load the model, quantize one weight, show perplexity and text
     qlab bench [...]          kernel benchmark (GPU), or the roofline model without one
     qlab ptq --method M [...] quantize the shipped model with one method (or --all) and print the scoreboard
+
+A user error (a bad option or combination of options, an output path that cannot be written, a missing,
+broken or unsafe input file) is found before any work starts and printed as one line,
+``qlab: error: <message>``, on stderr; the exit status is then 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+
+class UsageError(Exception):
+    """A mistake the user can fix: ``main`` prints it as one line and exits with status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the message held
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, reporting a bad option as a UsageError (one line) instead of usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("qlab").strip()  # "ptq" for `qlab ptq`, "" for `qlab` itself
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """The ValueError / TypeError of an argument check, as a UsageError (only around checks, never work)."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_output(path: str | Path, option: str, *, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before the work whose results would be lost there.
+
+    The folder is created and a temporary file written and removed in it: permission bits alone do not
+    tell (root passes ``os.access`` on read-only mounts such as /proc).
+    """
+    path = Path(path).absolute()
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is not a directory")
+    if not directory and path.is_dir():
+        raise UsageError(f"{option} {path} is a directory, not a file")
+    folder = path if directory else path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # "/" exists
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path} cannot be created: {existing} is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".qlab-write-check-"):
+            pass
+        if not directory and path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:
+        raise UsageError(f"{option} {path} cannot be written ({exc.strerror or exc})") from exc
+
+
+def _load_shipped_model():
+    """``qlab.load_model()``; a missing or broken checkpoint is the user's to restore: one line, with the remedy."""
+    from qlab import checkpoint
+
+    try:
+        return checkpoint.load_model()
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # each says which file and how to restore it
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -43,40 +111,67 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qlab.checkpoint import save_checkpoint
-    from qlab.train import TrainConfig, train
+    from qlab import checkpoint
+    from qlab import train as training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    record = train(cfg, args.workdir, resume=not args.fresh)
-    card = save_checkpoint(record["model"], record, directory=args.out) if args.out else save_checkpoint(record["model"], record)
+    with _user_errors():
+        cfg = training.TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out) if args.out else checkpoint.CHECKPOINT_DIR
+    _check_output(args.workdir, "--workdir", directory=True)
+    _check_output(out, "--out" if args.out else "the checkpoint folder", directory=True)
+    if not args.fresh:
+        with _user_errors():  # a state to resume from that is unsafe, unreadable or of another config
+            training.load_train_state(cfg, args.workdir)
+    record = training.train(cfg, args.workdir, resume=not args.fresh)
+    card = checkpoint.save_checkpoint(record["model"], record, directory=out)
     print(f"test perplexity {card['test_perplexity']} ({card['test_bits_per_byte']} bits/byte), "
           f"{card['training_time_s'] / 60:.1f} min, sha256 {card['sha256'][:12]}")
     return 0
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from qlab.checkpoint import refresh_card
+    from qlab import checkpoint
 
-    card = refresh_card()
+    _check_output(checkpoint.card_path(), "the model card")
+    _load_shipped_model()  # a missing or broken checkpoint: one line now, not a traceback inside the refresh
+    card = checkpoint.refresh_card()
     print(f"test perplexity {card['test_perplexity']} ({card['test_bits_per_byte']} bits/byte); card rewritten")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from qlab.checkpoint import load_model
     from qlab.evaluate import generate, perplexity
 
-    model = load_model()
+    model = _load_shipped_model()
     print(f"shipped model: {model.num_parameters():,} parameters")
     print(f"float32 {perplexity(model, 'test', 'fast')}")
     print(repr(generate(model, "def ", 120)))
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from qlab.kernels.bench import main as bench_main
+@contextlib.contextmanager
+def _argparse_errors_raise() -> Iterator[None]:
+    """Any argparse parser reports a bad option as a UsageError, as qlab's own parser does: the
+    benchmark (kernels/bench.py) parses its options itself, with a plain ArgumentParser."""
+    error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _Parser.error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = error
 
-    return bench_main(args.rest)  # every option after `bench` belongs to the benchmark
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from qlab.kernels import bench
+
+    if torch.cuda.is_available():  # only then does the benchmark write, after minutes of measuring
+        out_dir = _Parser(prog="qlab bench", add_help=False)
+        out_dir.add_argument("--out-dir", default="benchmarks/results")  # kernels/bench.py's option
+        _check_output(out_dir.parse_known_args(args.rest)[0].out_dir, "--out-dir", directory=True)
+    with _argparse_errors_raise():
+        return bench.main(args.rest)  # every option after `bench` belongs to the benchmark
 
 
 def _group_size(value: str) -> int | None:
@@ -91,33 +186,51 @@ def _group_size(value: str) -> int | None:
     return size
 
 
-def cmd_ptq(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _shipped_skeleton():
+    """The shipped model's layers on the meta device (no weights read): all the ptq checks need."""
+    import torch
 
+    from qlab import checkpoint
+    from qlab.model import GPT
+
+    with _user_errors():
+        config = checkpoint.model_config()
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def cmd_ptq(args: argparse.Namespace) -> int:
     from qlab import scoreboard as sb
-    from qlab.checkpoint import load_model
 
     if args.all == (args.method is not None):
-        raise SystemExit("qlab ptq: give either --method or --all")
-    model = load_model()
+        raise UsageError("ptq: give either --method or --all")
     mode = "fast" if args.fast else "full"
+    skeleton = _shipped_skeleton()
+    with _user_errors():
+        if args.all:
+            sb.check_standard_set(skeleton, mode=mode, calib_samples=args.calib, seed=args.seed)
+        else:
+            sb.check_method_args(skeleton, args.method, args.wbits, args.group_size, args.abits, act=args.act,
+                                 alpha=args.alpha, calib_samples=args.calib, seed=args.seed, mode=mode)
+    if args.all:
+        json_path = Path(args.out_dir) / f"scoreboard-{sb.machine_slug()}.json"
+        png_path = json_path.with_suffix(".png")
+        _check_output(args.out_dir, "--out-dir", directory=True)
+        _check_output(json_path, "--out-dir")
+        _check_output(png_path, "--out-dir")
+    if args.json:
+        _check_output(args.json, "--json")
+    model = _load_shipped_model()
     if args.all:
         rows = sb.run_standard_set(model, mode=mode, calib_samples=args.calib, seed=args.seed)
-        out = Path(args.out_dir)
-        json_path = sb.save_json(rows, out / f"scoreboard-{sb.machine_slug()}.json", calib_samples=args.calib)
-        png_path = json_path.with_suffix(".png")
+        sb.save_json(rows, json_path, calib_samples=args.calib)
         sb.plot_pareto(rows).savefig(png_path, dpi=120)
         print(sb.scoreboard(rows))
         print(f"wrote {json_path} and {png_path}")
     else:
-        wbits = args.wbits
-        if args.method != "mixed" and wbits is not None:
-            if wbits != int(wbits):
-                raise SystemExit(f"qlab ptq: --wbits must be an integer for --method {args.method}, got {wbits:g}")
-            wbits = int(wbits)
         rows = [sb.run_method(model, "float", mode=mode)]
         if args.method != "float":
-            rows.append(sb.run_method(model, args.method, wbits, args.group_size, args.abits, act=args.act,
+            rows.append(sb.run_method(model, args.method, args.wbits, args.group_size, args.abits, act=args.act,
                                       calib_samples=args.calib, seed=args.seed, mode=mode, alpha=args.alpha,
                                       float_perplexity=rows[0].perplexity))
         print(sb.scoreboard(rows))
@@ -139,7 +252,7 @@ def _alpha(text: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qlab", description="qlab: a workbench for teaching quantization")
+    p = _Parser(prog="qlab", description="qlab: a workbench for teaching quantization")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU and Triton mode").set_defaults(func=cmd_info)
     t = sub.add_parser("train", help="train the shipped model from scratch")
@@ -177,13 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``qlab`` command; returns its exit status (2, with one line on stderr, for a user error)."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "bench":
-        args.rest = unknown + args.rest
-    return args.func(args)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command != "bench":
+            raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(unknown)}")
+        if args.command == "bench":
+            args.rest = unknown + args.rest
+        return args.func(args)
+    except UsageError as exc:
+        print(f"qlab: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

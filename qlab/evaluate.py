@@ -15,6 +15,7 @@ of it, or a Hugging Face model behind ``qlab.hf.wrap_hf_causal_lm``.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qlab.corpus import load_corpus
+from qlab.model import VOCAB_SIZE, check_token_ids
 
 FAST_WINDOWS = 16
 
@@ -39,12 +41,24 @@ class PerplexityResult:
         return f"perplexity {self.perplexity:.4f} ({self.bits_per_byte:.4f} bits/byte over {self.tokens} bytes)"
 
 
+def _check_int(value: int, name: str, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _vocab_size(model: nn.Module) -> int:
+    """The model's vocabulary (``config.vocab_size`` of qlab's GPT and of wrapped HF models), else bytes."""
+    return getattr(getattr(model, "config", None), "vocab_size", VOCAB_SIZE)
+
+
 def eval_windows(data: torch.Tensor, context: int, mode: str = "fast", fast_windows: int = FAST_WINDOWS) -> torch.Tensor:
     """The (n, context + 1) windows of ``data`` that perplexity evaluates, deterministic."""
     if mode not in ("fast", "full"):
         raise ValueError(f"mode must be 'fast' or 'full', got {mode!r}")
-    if context < 1:
-        raise ValueError(f"context must be >= 1, got {context}")
+    _check_int(context, "context", 1)
+    _check_int(fast_windows, "fast_windows", 1)
     n = (data.numel() - 1) // context
     if n < 1:
         raise ValueError(f"the data ({data.numel()} bytes) is shorter than one window of {context + 1} bytes")
@@ -57,6 +71,13 @@ def eval_windows(data: torch.Tensor, context: int, mode: str = "fast", fast_wind
 @torch.no_grad()
 def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16) -> PerplexityResult:
     """Perplexity of ``model`` on given (n, T + 1) windows."""
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[0] < 1 or windows.shape[1] < 2:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise ValueError(f"windows must be an (n, T + 1) tensor with n >= 1 windows of T + 1 >= 2 token ids "
+                         f"(each predicts T of them; see eval_windows), got {shape}")
+    check_token_ids(windows, _vocab_size(model), "windows")
+    _check_int(batch_size, "batch_size", 1)
+    windows = windows.long()  # cross_entropy takes int64 targets only
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -89,16 +110,28 @@ def perplexity(model: nn.Module, split: str = "test", mode: str = "fast", *, con
 @torch.no_grad()
 def generate(model: nn.Module, prompt: str, n_tokens: int = 200, *, temperature: float = 0.0,
              top_k: int | None = None, seed: int = 0) -> str:
-    """Continue ``prompt`` by ``n_tokens`` bytes. ``temperature=0`` is greedy; otherwise seeded sampling."""
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+    """Continue ``prompt`` (a non-empty str) by ``n_tokens`` bytes. ``temperature=0`` is greedy; otherwise
+    seeded sampling."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str (it is encoded as UTF-8 bytes), got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError("prompt must not be empty: the model continues a text of at least one byte")
+    try:
+        prompt_bytes = prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"prompt cannot be encoded as UTF-8 ({exc.reason}: {prompt[exc.start:exc.end]!r} "
+                         f"at index {exc.start})") from None
+    _check_int(n_tokens, "n_tokens", 0)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__} {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None:
+        _check_int(top_k, "top_k", 1)
+    _check_int(seed, "seed")
     context = getattr(getattr(model, "config", None), "block_size", 256)
     device = next(model.parameters()).device
-    idx = torch.tensor(list(prompt.encode("utf-8")) or [10], dtype=torch.long, device=device)[None]  # (1, T)
+    idx = torch.tensor(list(prompt_bytes), dtype=torch.long, device=device)[None]  # (1, T)
     g = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()

@@ -11,23 +11,29 @@ layers. A ``transformers`` causal LM returns a ``ModelOutput`` instead of a tens
 * ``norm_linear_groups(model)``: which norm feeds which linears (GPT-2 ``ln_1 -> c_attn``, Llama
   ``input_layernorm -> q, k, v``, OPT ``final_layer_norm -> fc1`` ...), discovered by one forward pass
   with ``qlab.capture.find_norm_linear_groups``: no per-family table.
+* ``conv1d_to_linear(model)``: every ``Conv1D`` as the equivalent ``nn.Linear`` (weight transposed), for
+  GPTQ and AWQ, which take ``nn.Linear`` only (RTN, ``quantize_model`` and SmoothQuant take both).
 
 ``transformers`` is imported lazily; install it with ``pip install qlab[hf]``. Nothing is downloaded
 here: load a model yourself (``AutoModelForCausalLM.from_pretrained``) or build one from a config.
-Names are always relative to the module you pass (a wrapper adds the prefix ``model.``).
+Names are always relative to the module you pass (a wrapper adds the prefix ``model.``); qlab's name
+patterns also match a name's last components (``qlab.capture.name_matches``), so the default
+``exclude=("lm_head",)`` keeps a wrapper's ``model.lm_head`` in float, tied to the embedding.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 import torch.nn as nn
 
-from qlab.capture import find_norm_linear_groups, linear_layers
+from qlab.capture import find_norm_linear_groups, is_linear_like, linear_layers
 
-__all__ = ["HFCausalLM", "HFModelInfo", "linear_layers", "norm_linear_groups", "wrap_hf_causal_lm"]
+__all__ = ["HFCausalLM", "HFModelInfo", "conv1d_to_linear", "linear_layers", "norm_linear_groups",
+           "wrap_hf_causal_lm"]
 
 
 def _require_transformers() -> ModuleType:
@@ -91,3 +97,28 @@ def norm_linear_groups(model: nn.Module, example_input: torch.Tensor | None = No
         example_input = (torch.arange(8) % vocab)[None]  # (1, 8)
         example_input = example_input.to(next(model.parameters()).device)
     return find_norm_linear_groups(model, example_input, skip_tied=skip_tied)
+
+
+@torch.no_grad()
+def conv1d_to_linear(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """``model`` with every ``Conv1D`` (weight (in, out)) replaced by an ``nn.Linear`` (weight (out, in)).
+
+    The same function (up to the matmul's float rounding); a copy unless ``inplace``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    target = model if inplace else copy.deepcopy(model)
+    convs = [(n, m) for n, m in target.named_modules() if is_linear_like(m) and not isinstance(m, nn.Linear)]
+    for name, conv in convs:
+        K, N = conv.weight.shape  # (in, out)
+        # skip_init: no random initialisation, so the global RNG is left as it was
+        linear = nn.utils.skip_init(nn.Linear, K, N, bias=conv.bias is not None, device=conv.weight.device,
+                                    dtype=conv.weight.dtype).train(conv.training)
+        linear.weight.copy_(conv.weight.t())  # (out, in)
+        if conv.bias is not None:
+            linear.bias.copy_(conv.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(target.get_submodule(parent), child, linear)
+    return target

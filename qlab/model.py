@@ -40,13 +40,26 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
+    """Refuse ids that are not integers in [0, vocab_size): an embedding lookup would fail deep in torch."""
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 (or int32) tensor of token ids, got "
+                        f"{idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if idx.numel():
+        lo, hi = torch.aminmax(idx)
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{name} holds token ids in [{int(lo)}, {int(hi)}], outside the vocabulary "
+                             f"[0, {vocab_size - 1}]")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -141,6 +154,7 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        check_token_ids(idx, self.config.vocab_size)
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         B, T = idx.shape

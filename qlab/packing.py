@@ -24,17 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qlab.quantize import check_has_data
+
 # bits -> (codes per unit, bytes per unit)
 LAYOUTS = {2: (4, 1), 3: (8, 3), 4: (2, 1), 8: (1, 1)}
 
 
+def _check_int(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):  # 4.0 == 4, but cannot be a shift
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
 def _check_bits(bits: int) -> tuple[int, int]:
+    _check_int(bits, "bits")
     if bits not in LAYOUTS:
         raise ValueError(f"bits must be one of {sorted(LAYOUTS)}, got {bits!r}")
     return LAYOUTS[bits]
 
 
 def _normalized_dim(dim: int, ndim: int, name: str) -> int:
+    _check_int(dim, "dim")
     if ndim == 0:
         raise ValueError(f"{name} must have at least 1 dim, got a 0-d tensor")
     if not -ndim <= dim < ndim:
@@ -45,6 +54,9 @@ def _normalized_dim(dim: int, ndim: int, name: str) -> int:
 def packed_size(size: int, bits: int) -> int:
     """Number of bytes that ``size`` codes of ``bits`` bits take along the packed dim (with padding)."""
     per_unit, unit_bytes = _check_bits(bits)
+    _check_int(size, "size")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
     return -(-size // per_unit) * unit_bytes
 
 
@@ -55,6 +67,7 @@ def pack(codes: Tensor, bits: int, dim: int = -1) -> Tensor:
             or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got "
                         f"{codes.dtype if isinstance(codes, Tensor) else type(codes).__name__}")
+    check_has_data(codes, "codes")
     dim = _normalized_dim(dim, codes.ndim, "codes")
     if codes.numel() > 0:
         lo, hi = int(codes.min()), int(codes.max())
@@ -81,6 +94,7 @@ def unpack(packed: Tensor, bits: int, dim: int = -1, size: int | None = None) ->
     if not isinstance(packed, Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got "
                         f"{packed.dtype if isinstance(packed, Tensor) else type(packed).__name__}")
+    check_has_data(packed, "packed")
     dim = _normalized_dim(dim, packed.ndim, "packed")
     nbytes = packed.shape[dim]
     if nbytes % unit_bytes != 0:

@@ -44,6 +44,8 @@ from qlab.granularity import block_reduce, scale_shape, scale_to_blocked, to_blo
 from qlab.spec import MINIFLOATS, QuantSpec
 
 EPS = torch.finfo(torch.float32).eps  # torch.ao's default scale floor
+F32_MAX = torch.finfo(torch.float32).max
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 Bound = float | Tensor | None
 STE_MODES = ("plain", "clipped")
 
@@ -51,14 +53,55 @@ STE_MODES = ("plain", "clipped")
 # ----------------------------------------------------------------------------- input checks
 
 
-def _check_input(x: Tensor) -> None:
+def check_float_tensor(x: object, name: str = "x") -> None:
+    """The public boundary's check of a data tensor: a non-empty float16 / bfloat16 / float32 / float64
+    tensor that holds data (not a meta tensor) and fits float32, the precision qlab computes in.
+
+    NaN / Inf are found later, by the reductions that need the data anyway (see ``block_range``).
+    """
     if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor (float32, float16, bfloat16, float64), "
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16, bfloat16, float64), "
                         f"got dtype {x.dtype}")
+    check_has_data(x, name)
     if x.numel() == 0:
-        raise ValueError(f"x is empty (shape {tuple(x.shape)}); nothing to quantize")
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); it needs at least one value")
+    if x.dtype == torch.float64:  # beyond float32's range it would silently turn into inf
+        lo, hi = torch.aminmax(x)
+        _check_fits_float32(max(-float(lo), float(hi)), name)
+
+
+def check_has_data(t: Tensor, name: str) -> None:
+    """A meta tensor has a shape but no values: refused wherever values are read."""
+    if t.is_meta:
+        raise ValueError(f"{name} must hold data; got a meta tensor")
+
+
+def _check_fits_float32(amax: float, name: str) -> None:
+    if math.isfinite(amax) and amax > F32_MAX:
+        raise ValueError(f"{name} has values up to |{name}| = {amax:.4g}, beyond float32's range "
+                         f"(max {F32_MAX:.4g}) that qlab computes in; rescale {name} first")
+
+
+def as_float32(value: object, name: str) -> Tensor:
+    """A float or tensor bound (lo, hi, scale) as float32, refused if NaN, Inf or beyond float32."""
+    wrong_type = TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if isinstance(value, (bool, str, bytes)):
+        raise wrong_type
+    if isinstance(value, Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {value.dtype}")
+        check_has_data(value, name)
+    try:  # float64: exact for every float32 / bfloat16 / float16 value
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError):  # None, objects, ragged lists, complex numbers
+        raise wrong_type from None
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    if t.numel():
+        _check_fits_float32(float(t.abs().max()), name)
+    return t.to(torch.float32)
 
 
 def _check_spec(spec: QuantSpec) -> None:
@@ -66,9 +109,14 @@ def _check_spec(spec: QuantSpec) -> None:
         raise TypeError(f"spec must be a qlab.QuantSpec, got {type(spec).__name__}")
 
 
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def as_scale_shaped(bound: float | Tensor, sshape: tuple[int, ...], name: str) -> Tensor:
     """A float or tensor with 1 or prod(scale shape) elements -> float32 tensor of the scale shape."""
-    t = torch.as_tensor(bound, dtype=torch.float32)
+    t = as_float32(bound, name)
     if t.numel() == 1:
         t = t.reshape(()).expand(sshape)
     elif t.numel() == math.prod(sshape):
@@ -76,8 +124,6 @@ def as_scale_shaped(bound: float | Tensor, sshape: tuple[int, ...], name: str) -
     else:
         raise ValueError(f"{name} must be a scalar or hold one value per block (scale shape "
                          f"{sshape}), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf")
     return t
 
 
@@ -103,13 +149,26 @@ def block_range(x: Tensor, spec: QuantSpec, lo: Bound = None, hi: Bound = None) 
 # ----------------------------------------------------------------------------- qparams
 
 
-def compute_qparams(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """torch.ao's ``_calculate_qparams``: (scale float32, zero_point int32), both of lo's shape."""
+def compute_qparams(lo: float | Tensor, hi: float | Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """torch.ao's ``_calculate_qparams``: (scale float32, zero_point int32), both of lo's shape.
+
+    ``lo``, ``hi``: floats or tensors of one shape, finite, ``lo <= hi`` everywhere.
+    """
     _check_spec(spec)
     if not spec.is_integer:
         raise ValueError(f"compute_qparams is for format='int'; format={spec.format!r} uses "
                          f"absmax_scale()")
-    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    lo_t, hi_t = as_float32(lo, "lo"), as_float32(hi, "hi")
+    if lo_t.shape != hi_t.shape:
+        raise ValueError(f"lo and hi must have the same shape, got {tuple(lo_t.shape)} and "
+                         f"{tuple(hi_t.shape)}")
+    if (lo_t > hi_t).any():
+        raise ValueError("lo must be <= hi in every block")
+    return _qparams(lo_t, hi_t, spec)
+
+
+def _qparams(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """``compute_qparams`` on checked float32 bounds."""
     qmin, qmax = spec.qmin, spec.qmax
     min_neg = torch.clamp(lo, max=0.0)  # widen the range to include 0
     max_pos = torch.clamp(hi, min=0.0)
@@ -119,7 +178,11 @@ def compute_qparams(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Te
         midpoint = 0 if spec.signed else 2 ** (spec.bits - 1)  # torch.ao quint8 symmetric: 128
         zero_point = torch.full_like(scale, midpoint, dtype=torch.int32)
     else:
-        scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=EPS)
+        steps = float(qmax - qmin)
+        span = max_pos - min_neg  # inf when hi - lo exceeds float32's max (a range near +-3.4e38)
+        half_span = max_pos / 2 - min_neg / 2  # never overflows; used only where span did
+        scale = torch.where(torch.isinf(span), half_span / (steps / 2), span / steps)
+        scale = torch.clamp(scale, min=EPS)
         zero_point = qmin - torch.round(min_neg / scale).to(torch.int32)
         zero_point = torch.clamp(zero_point, qmin, qmax)
     return scale, zero_point
@@ -155,11 +218,11 @@ def absmax_scale(lo: Tensor, hi: Tensor, fmt) -> Tensor:
 def choose_qparams(x: Tensor, spec: QuantSpec, *, lo: Bound = None,
                    hi: Bound = None) -> tuple[Tensor, Tensor | None]:
     """(scale, zero_point) of the scale shape for ``x``; zero_point is None for non-integer formats."""
-    _check_input(x)
+    check_float_tensor(x)
     _check_spec(spec)
     lo_b, hi_b = block_range(x, spec, lo, hi)
     if spec.is_integer:
-        return compute_qparams(lo_b, hi_b, spec)
+        return _qparams(lo_b, hi_b, spec)
     return absmax_scale(lo_b, hi_b, element_format(spec)), None
 
 
@@ -179,6 +242,23 @@ def _rounded(xb: Tensor, scale_b: Tensor, zp_b: Tensor, spec: QuantSpec,
     if spec.symmetric and spec.signed:
         return q  # zero point is 0
     return q.add_(zp_b)
+
+
+def check_float_dtype(dtype: object) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, one of "
+                        f"{[str(d) for d in FLOAT_DTYPES]}, got {dtype!r}")
+
+
+def saturate(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """float32 ``values`` in ``dtype``, clamped to its finite range first.
+
+    The outermost grid point can lie up to half a step beyond the data's range, so data close to a
+    dtype's largest value (float16 -65504, float32 -3.4e38) would otherwise dequantize to -inf;
+    the saturated value is nearer to the data than the grid point was.
+    """
+    big = min(torch.finfo(dtype).max, F32_MAX)
+    return values.clamp_(-big, big).to(dtype)
 
 
 # ----------------------------------------------------------------------------- QuantizedTensor
@@ -201,7 +281,11 @@ class QuantizedTensor:
     shape: torch.Size
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(codes - zero_point) * scale`` per block (or ``decode(codes) * scale``)."""
+        """``(codes - zero_point) * scale`` per block (or ``decode(codes) * scale``), in ``dtype``.
+
+        Values beyond ``dtype``'s range saturate at its largest finite value (see ``saturate``).
+        """
+        check_float_dtype(dtype)
         g, shape = self.spec.granularity, tuple(self.shape)
         scale_b = scale_to_blocked(self.scale, shape, g)           # (n0, 1, n1, 1, ...)
         if self.spec.is_integer:
@@ -209,7 +293,7 @@ class QuantizedTensor:
             values = values.sub_(scale_to_blocked(self.zero_point, shape, g))
         else:
             values = to_blocked(element_format(self.spec).decode(self.codes).to(torch.float32), g)
-        return values.mul_(scale_b).reshape(shape).to(dtype)
+        return saturate(values.mul_(scale_b), dtype).reshape(shape)
 
 
 def quantize(x: Tensor, spec: QuantSpec, *, lo: Bound = None, hi: Bound = None,
@@ -219,14 +303,15 @@ def quantize(x: Tensor, spec: QuantSpec, *, lo: Bound = None, hi: Bound = None,
     ``lo``/``hi``: floats or tensors with one value per block (e.g. a calibrator's result).
     ``generator``: random source for ``rounding="stochastic"`` (else ``spec.seed`` or the global RNG).
     """
-    _check_input(x)
+    check_float_tensor(x)
     _check_spec(spec)
+    _check_generator(generator)
     xf = x.detach().float()                                          # codes carry no gradient
     g, shape = spec.granularity, tuple(x.shape)
     lo_b, hi_b = block_range(xf, spec, lo, hi)
     xb = to_blocked(xf, g)                                           # (n0, b0, n1, b1, ...)
     if spec.is_integer:
-        scale, zero_point = compute_qparams(lo_b, hi_b, spec)
+        scale, zero_point = _qparams(lo_b, hi_b, spec)
         q = _rounded(xb, scale_to_blocked(scale, shape, g), scale_to_blocked(zero_point, shape, g),
                      spec, generator)
         codes = q.clamp_(spec.qmin, spec.qmax).reshape(shape).to(spec.code_dtype())
@@ -257,7 +342,7 @@ def _fake_quantize_forward(x: Tensor, spec: QuantSpec, lo: Bound, hi: Bound,
     xb = to_blocked(xf, g)                                           # (n0, b0, n1, b1, ...)
     mask = None
     if spec.is_integer:
-        scale, zero_point = compute_qparams(lo_b, hi_b, spec)
+        scale, zero_point = _qparams(lo_b, hi_b, spec)
         scale_b = scale_to_blocked(scale, shape, g)                  # (n0, 1, n1, 1, ...)
         zp_b = scale_to_blocked(zero_point, shape, g).float()
         q = _rounded(xb, scale_b, zp_b, spec, generator)
@@ -285,7 +370,7 @@ class _FakeQuantizeSTE(torch.autograd.Function):
         want_mask = ste == "clipped" and ctx.needs_input_grad[0]
         x_hat, mask = _fake_quantize_forward(x, spec, lo, hi, generator, want_mask)
         ctx.save_for_backward(mask)
-        return x_hat.to(x.dtype)
+        return saturate(x_hat, x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -302,8 +387,9 @@ def fake_quantize(x: Tensor, spec: QuantSpec, *, lo: Bound = None, hi: Bound = N
     ste="plain": d x_hat / d x = 1 everywhere. ste="clipped": 1 inside the grid, 0 where x was clipped
     (as torch.fake_quantize_per_tensor_affine's backward). Returns x's dtype and shape.
     """
-    _check_input(x)
+    check_float_tensor(x)
     _check_spec(spec)
     if ste not in STE_MODES:
         raise ValueError(f"ste must be one of {STE_MODES}, got {ste!r}")
+    _check_generator(generator)
     return _FakeQuantizeSTE.apply(x, spec, lo, hi, ste, generator)

@@ -19,15 +19,18 @@ The same layout as the result tables of the GPTQ, AWQ and SmoothQuant papers, pl
                  2/3/4/8-bit RTN candidates, sensitivities on 64 validation windows
 
 Every method leaves ``lm_head`` in float (the reference implementations do), and calibrates on the
-same ``calib_samples`` seeded windows of the train split. ``pareto_front`` keeps the rows no other row
-beats on both size and perplexity; ``plot_pareto`` draws them.
+same ``calib_samples`` seeded windows of the train split. ``check_method_args`` refuses what a method
+cannot take (bits, group sizes that do not divide a layer's inputs, a "mixed" budget out of reach ...)
+from the model's shapes alone, before any work: ``run_method`` and ``qlab ptq`` both call it.
+``pareto_front`` keeps the rows no other row beats on both size and perplexity; ``plot_pareto`` draws them.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import json
 import math
+import numbers
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +42,7 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from qlab.capture import is_linear_like
+from qlab.capture import in_features_of, is_linear_like, name_matches
 from qlab.corpus import calibration_samples
 from qlab.evaluate import perplexity
 from qlab.layers.base import QuantizedLinear
@@ -51,6 +54,7 @@ ACT_METHODS = ("smoothquant", "w8a8", "llm_int8", "fp8")   # int8 / fp8 weights 
 ACT_MODES = ("per_token", "per_tensor")
 EXCLUDE = ("lm_head",)
 SENSITIVITY_WINDOWS = 64   # validation windows of the "mixed" sensitivities: 16 overfit the search to them
+MIXED_CANDIDATES = (2, 3, 4, 8)   # the bit widths a "mixed" plan chooses from, per layer
 
 # The standard set of ``qlab ptq --all``: (method, wbits, group_size, act[, alpha])
 STANDARD_SET = (
@@ -91,10 +95,10 @@ class ScoreRow:
 
 def linear_bits_per_weight(model: nn.Module, exclude: Sequence[str] = EXCLUDE) -> float:
     """Average stored bits per weight over the model's linear layers (quantized or float), except
-    ``exclude`` (fnmatch patterns on names): (storage - bias) * 8 / weights, weights-weighted."""
+    ``exclude`` (name patterns, ``qlab.capture.name_matches``): (storage - bias) * 8 / weights, weights-weighted."""
     bits, weights = 0, 0
     for name, m in model.named_modules():
-        if not name or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        if not name or name_matches(name, exclude):
             continue
         if isinstance(m, QuantizedLinear):
             bias = m.bias.numel() * m.bias.element_size() if m.bias is not None else 0
@@ -116,9 +120,7 @@ def _naive_w8a8(model: nn.Module, calib: torch.Tensor, act: str) -> nn.Module:
 
     if act == "per_token":
         return quantize_model(model, QuantRecipe("w8a8", act="dynamic"), exclude=EXCLUDE)
-    names = [n for n, m in model.named_modules()
-             if n and is_linear_like(m) and not any(fnmatch.fnmatchcase(n, p) for p in EXCLUDE)]
-    amax = {n: a.max() for n, a in input_absmax(model, calib, names).items()}
+    amax = {n: a.max() for n, a in input_absmax(model, calib, list(_quantized_linears(model))).items()}
     return quantize_model(model, lambda n, lin: W8A8Linear.from_float(
         lin, act="static", act_scale=(amax[n] / 127).clamp(min=EPS)), exclude=EXCLUDE)
 
@@ -127,7 +129,7 @@ def mixed_sensitivity(model: nn.Module, group_size: Optional[int]):
     """The sensitivity table the "mixed" rows search (2/3/4/8-bit RTN, ``SENSITIVITY_WINDOWS`` windows)."""
     from qlab.algorithms.mixed_precision import layer_sensitivity
 
-    return layer_sensitivity(model, group_size=group_size, n_windows=SENSITIVITY_WINDOWS)
+    return layer_sensitivity(model, MIXED_CANDIDATES, group_size=group_size, n_windows=SENSITIVITY_WINDOWS)
 
 
 def _quantize(model: nn.Module, method: str, wbits, group_size: Optional[int], act: str,
@@ -175,15 +177,63 @@ def _scheme(method: str, wbits, group_size: Optional[int], act: str, alpha: floa
     }[method]
 
 
-def _check_args(method: str, wbits, group_size, abits, act: str, mode: str) -> tuple:
-    """Validated (wbits, group_size, abits) with each method's defaults filled in."""
+def _quantized_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """The linear layers every method quantizes: all but ``EXCLUDE``."""
+    return {n: m for n, m in model.named_modules()
+            if n and is_linear_like(m) and not name_matches(n, EXCLUDE)}
+
+
+@functools.lru_cache(maxsize=None)
+def _candidate_bits(out_features: int, in_features: int, group_size: Optional[int]) -> tuple[float, ...]:
+    """Stored bits per weight of each ``MIXED_CANDIDATES`` layer of this shape: the storage depends on the
+    shape alone, so a layer of zeros is built (``skip_init``: no draw from the global RNG)."""
+    zeros = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False)
+    nn.init.zeros_(zeros.weight)
+    return tuple(QuantRecipe("weight_only", bits=b, group_size=group_size).build(zeros).storage_bytes() * 8
+                 / zeros.weight.numel() for b in MIXED_CANDIDATES)
+
+
+def mixed_budget_range(model: nn.Module, group_size: Optional[int]) -> tuple[float, float]:
+    """(smallest, largest) average bits per weight of a "mixed" plan: every layer at its cheapest / dearest
+    candidate, as ``LayerSensitivity.bits_range`` gives after measuring; from the shapes alone (``model``
+    may be on the meta device)."""
+    lo = hi = total = 0.0
+    for m in _quantized_linears(model).values():
+        k = in_features_of(m)
+        n = m.weight.numel()
+        bits = _candidate_bits(n // k, k, group_size)
+        lo, hi, total = lo + min(bits) * n, hi + max(bits) * n, total + n
+    if total == 0:
+        raise ValueError(f"the model has no linear layer outside of {EXCLUDE} to quantize")
+    return lo / total, hi / total
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_method_args(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
+                      abits: Optional[int] = None, *, act: str = "per_token", alpha: float | str = 0.5,
+                      calib_samples: int = 128, seed: int = 0, mode: str = "full") -> tuple:
+    """Validated (wbits, group_size, abits) of ``run_method``'s arguments, each method's defaults filled in.
+
+    Every check reads only the arguments and the shapes of ``model``'s linear layers (a model on the
+    meta device will do): no calibration, no perplexity, so it runs before any work. ValueError names
+    the argument and what it may be.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if mode not in ("full", "fast"):
         raise ValueError(f"mode must be 'full' or 'fast', got {mode!r}")
     if act not in ACT_MODES:
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+    if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
+    if not _is_int(calib_samples) or calib_samples < 1:
+        raise ValueError(f"calib_samples must be a positive int, got {calib_samples!r}")
+    if not _is_int(seed) or not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [-2**63, 2**64) (what torch.manual_seed takes), got {seed!r}")
+    if group_size is not None and (not _is_int(group_size) or group_size < 1):
         raise ValueError(f"group_size must be a positive int or None (per channel), got {group_size!r}")
     if method == "float":
         return 32, None, 32
@@ -195,10 +245,21 @@ def _check_args(method: str, wbits, group_size, abits, act: str, mode: str) -> t
     if abits is not None:
         raise ValueError(f"method {method!r} is weight-only (activations stay float); abits must be None, "
                          f"got {abits!r}; W8A8 methods: {ACT_METHODS}")
+    if group_size is not None:
+        widths = sorted({in_features_of(m) for m in _quantized_linears(model).values()})
+        if any(k % group_size for k in widths):
+            raise ValueError(f"group_size {group_size} must divide the input width of every quantized layer "
+                             f"{widths}; take a divisor of {math.gcd(*widths)} or None (per channel)")
     if method == "mixed":
-        if isinstance(wbits, bool) or not isinstance(wbits, (int, float)) or not 2 <= wbits:
-            raise ValueError(f"method 'mixed' takes wbits = the budget in average bits per weight (>= 2), "
-                             f"got {wbits!r}")
+        if isinstance(wbits, bool) or not isinstance(wbits, numbers.Real) or not math.isfinite(wbits):
+            raise ValueError(f"method 'mixed' takes wbits = the budget in average bits per weight, a finite "
+                             f"number, got {wbits!r}")
+        lo, hi = mixed_budget_range(model, group_size)
+        if wbits < lo * (1 - 1e-6):  # search_plan's tolerance
+            where = "per channel" if group_size is None else f"group size {group_size}"
+            raise ValueError(f"method 'mixed': the budget wbits={wbits:g} is below the smallest achievable "
+                             f"{lo:.4f} bits per weight (every layer at {min(MIXED_CANDIDATES)} bits, {where}); "
+                             f"allowed from {lo:.4f} (above {hi:.4f} every layer gets {max(MIXED_CANDIDATES)} bits)")
         return float(wbits), group_size, None
     wbits = 4 if wbits is None else wbits
     if wbits not in (2, 3, 4, 8):
@@ -220,14 +281,13 @@ def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, gro
     sensitivity: for "mixed", a ``mixed_sensitivity(model, group_size)`` already measured (several budgets
     share one); its own time still counts in the row's time to quantize.
     """
-    wbits, group_size, abits = _check_args(method, wbits, group_size, abits, act, mode)
+    wbits, group_size, abits = check_method_args(model, method, wbits, group_size, abits, act=act, alpha=alpha,
+                                                 calib_samples=calib_samples, seed=seed, mode=mode)
     if sensitivity is not None:
         groups = {r.group_size for r in sensitivity.candidates}
         if method != "mixed" or groups != {group_size}:
             raise ValueError(f"sensitivity is for method 'mixed' with the group size it was measured with "
                              f"({sorted(groups, key=str)}); got method {method!r}, group_size {group_size!r}")
-    if isinstance(calib_samples, bool) or not isinstance(calib_samples, int) or calib_samples < 1:
-        raise ValueError(f"calib_samples must be a positive int, got {calib_samples!r}")
     context = getattr(getattr(model, "config", None), "block_size", 256)
     calib = calibration_samples(calib_samples, context, seed=seed)        # (n, T)
     t0 = time.perf_counter()
@@ -245,21 +305,34 @@ def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, gro
                     linear_bits_per_weight(qmodel), seconds, mode)
 
 
+def _standard_set_args(calib_samples: int, seed: int, mode: str) -> list[dict]:
+    """``run_method``'s keyword arguments for each row of ``STANDARD_SET``."""
+    return [dict(method=method, wbits=wbits, group_size=group_size, act=act or "per_token",
+                 alpha=alpha[0] if alpha else 0.5, calib_samples=calib_samples, seed=seed, mode=mode)
+            for method, wbits, group_size, act, *alpha in STANDARD_SET]
+
+
+def check_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int = 128, seed: int = 0) -> None:
+    """``check_method_args`` for every row ``run_standard_set`` would measure (before it measures any)."""
+    for args in _standard_set_args(calib_samples, seed, mode):
+        check_method_args(model, **args)
+
+
 def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int = 128, seed: int = 0,
                      log: Optional[Callable[[str], None]] = print) -> list[ScoreRow]:
     """``STANDARD_SET`` on ``model``, float first (its perplexity is the reference of the others);
     ``log`` gets one line per finished row (None: silent)."""
+    check_standard_set(model, mode=mode, calib_samples=calib_samples, seed=seed)
     rows: list[ScoreRow] = []
     sensitivities = {}     # group size -> the table every "mixed" budget searches: measured once
-    for method, wbits, group_size, act, *alpha in STANDARD_SET:
+    for args in _standard_set_args(calib_samples, seed, mode):
         sens = None
-        if method == "mixed":
+        if args["method"] == "mixed":
+            group_size = args["group_size"]
             if group_size not in sensitivities:
                 sensitivities[group_size] = mixed_sensitivity(model, group_size)
             sens = sensitivities[group_size]
-        row = run_method(model, method, wbits, group_size, act=act or "per_token", calib_samples=calib_samples,
-                         seed=seed, mode=mode, alpha=alpha[0] if alpha else 0.5,
-                         float_perplexity=rows[0].perplexity if rows else None, sensitivity=sens)
+        row = run_method(model, **args, float_perplexity=rows[0].perplexity if rows else None, sensitivity=sens)
         rows.append(row)
         if log is not None:
             log(f"{row.method:<12} {row.scheme:<48} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
@@ -381,7 +454,19 @@ def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[s
 
 
 def load_json(path: str | Path) -> list[ScoreRow]:
-    """The rows of a file written by ``save_json``."""
-    record = json.loads(Path(path).read_text())
-    names = {f.name for f in fields(ScoreRow)}
-    return [ScoreRow(**{k: v for k, v in r.items() if k in names}) for r in record["rows"]]
+    """The rows of a file written by ``save_json``; ValueError naming the file and what it lacks otherwise."""
+    path = Path(path)
+    remedy = "write it again with save_json or `qlab ptq --json` / `qlab ptq --all`"
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"scoreboard file {path} is not valid JSON ({exc}); {remedy}") from None
+    rows = record.get("rows") if isinstance(record, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"scoreboard file {path} has no 'rows' list of objects; {remedy}")
+    names = [f.name for f in fields(ScoreRow)]
+    for i, r in enumerate(rows):
+        missing = [n for n in names if n not in r]
+        if missing:
+            raise ValueError(f"scoreboard file {path}: row {i} has no {', '.join(missing)}; {remedy}")
+    return [ScoreRow(**{k: r[k] for k in names}) for r in rows]

@@ -109,7 +109,10 @@ class QuantSpec:
             return
         if self.codebook is None:
             raise ValueError("format='lut' needs codebook=(level, level, ...) with at least 2 levels")
-        levels = tuple(float(v) for v in self.codebook)
+        try:
+            levels = tuple(float(v) for v in self.codebook)
+        except (TypeError, ValueError):  # not iterable, or an entry that is not a number
+            raise TypeError(f"codebook must be a sequence of numbers, got {self.codebook!r}") from None
         if len(set(levels)) < 2 or len(levels) > 256 or not all(math.isfinite(v) for v in levels):
             raise ValueError(f"codebook must hold 2..256 distinct finite levels, got {self.codebook!r}")
         object.__setattr__(self, "codebook", levels)

@@ -3,12 +3,14 @@
 Plain next-byte prediction with AdamW, linear warm-up then cosine decay (nanoGPT's recipe), gradient
 clipping, and bf16 autocast for the matrix products (the fp32 master weights are what ships). Batches
 are random windows of the train split drawn from one seeded generator whose state is checkpointed
-with the model and optimiser, so a resumed run continues exactly where it stopped.
+with the model and optimiser, so a resumed run continues exactly where it stopped. The state holds
+tensors and plain data only, so it is read back with ``qlab.checkpoint.safe_load``, which runs no code.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import platform
 import time
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from qlab.checkpoint import safe_load
 from qlab.corpus import load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.model import GPT, PRESETS
@@ -41,8 +44,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("eval_every", 1), ("warmup", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [-2**63, 2**64) (what torch.manual_seed takes), got {seed!r}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -70,15 +82,56 @@ def machine_description() -> str:
     return f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {cuda}"
 
 
+STATE_FILE = "train_state.pt"
+STATE_KEYS = ("model", "optimizer", "generator", "step", "elapsed", "history", "train_config")
+
+
+def _read_state(path: Path) -> dict:
+    st = safe_load(path)
+    missing = [k for k in STATE_KEYS if k not in st] if isinstance(st, dict) else list(STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not a qlab training state (it has no {', '.join(missing)})")
+    return st
+
+
+def load_train_state(cfg: TrainConfig, workdir: str | Path) -> dict | None:
+    """The state that ``train(cfg, workdir)`` resumes from, or None when ``workdir`` holds none.
+
+    ValueError naming the file when it cannot be resumed: unsafe to load, unreadable, or written with
+    another TrainConfig.
+    """
+    path = Path(workdir) / STATE_FILE
+    if not path.exists():
+        return None
+    hint = "delete it, or start afresh with resume=False (qlab train --fresh)"
+    try:
+        st = _read_state(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {hint}") from None
+    if st["train_config"] != asdict(cfg):
+        raise ValueError(f"{path} was written with a different TrainConfig; {hint}")
+    return st
+
+
+def load_trained_model(path: str | Path) -> GPT:
+    """The model of a training state file (``<workdir>/train_state.pt``) in eval mode: what the
+    benchmarks measure when a run is not yet a checkpoint."""
+    st = _read_state(Path(path))
+    model = GPT(PRESETS[st["train_config"]["preset"]])
+    model.load_state_dict(st["model"])
+    return model.eval()
+
+
 def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progress: bool = True,
           stop_at: int | None = None) -> dict:
     """Train to ``cfg.steps`` (or pause at ``stop_at``), checkpointing to ``workdir/train_state.pt``.
 
     Returns the training record: the model, steps, tokens seen, time, loss/perplexity history.
     """
+    st = load_train_state(cfg, workdir) if resume else None
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    state_path = workdir / "train_state.pt"
+    state_path = workdir / STATE_FILE
     torch.manual_seed(cfg.seed)
     model = GPT(PRESETS[cfg.preset])
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -87,10 +140,7 @@ def train(cfg: TrainConfig, workdir: str | Path, *, resume: bool = True, progres
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(cfg.seed)
     step, elapsed, history = 0, 0.0, []
-    if resume and state_path.exists():
-        st = torch.load(state_path, weights_only=False)
-        if st["train_config"] != asdict(cfg):
-            raise ValueError(f"{state_path} was written with a different TrainConfig; delete it or pass resume=False")
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         g.set_state(st["generator"])

@@ -205,6 +205,23 @@ def test_errors():
         awq_quantize_model(model, CALIB, group_size=G, max_shrink=1.5)
     with pytest.raises(ValueError, match="n_grid"):
         awq_scale_model(model, CALIB, group_size=G, n_grid=0)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 256\).*got ids from .* to 256$"):
+        awq_quantize_model(model, torch.cat([CALIB, torch.full((1, 64), 256)]), group_size=G)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 256\).*got ids from -3"):
+        awq_scale_model(model, CALIB - 3, group_size=G)
+
+
+def test_errors_name_the_layer():
+    bad = gpt()
+    with torch.no_grad():
+        bad.blocks[1].attn.v.bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"^blocks\.1\.attn\.v\.bias contains 1 NaN or Inf values"):
+        awq_quantize_model(bad, CALIB, group_size=G, progress=False)
+    huge = gpt()
+    with torch.no_grad():
+        huge.blocks[1].ln_2.weight.fill_(1e20)  # finite, but X^T X of mlp.fc's input overflows float32
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc: the float32 Gram matrix X\^T X overflowed"):
+        awq_quantize_model(huge, CALIB, group_size=G, progress=False)
 
 
 def test_block_1_is_calibrated_on_the_quantized_block_0(awq_outliers):
@@ -229,3 +246,13 @@ def test_block_1_is_calibrated_on_the_quantized_block_0(awq_outliers):
     ones = torch.ones(64)
     assert float(group.losses[0]) == pytest.approx(direct_loss(x_quant, w, ones), rel=1e-4)
     assert float(group.losses[0]) != pytest.approx(direct_loss(x_float, w, ones), rel=1e-3)
+
+
+def test_a_one_signed_group_beyond_the_clip_gets_the_clip_range():
+    """An all-positive (or all-negative) group lying wholly beyond ratio * max|w|: the clipped range is
+    [0, cmax] (or [-cmax, 0]) after the grid takes in 0, never an inverted one."""
+    w = torch.tensor([[0.5, 0.6, 0.8, 1.0], [-1.0, -0.9, -0.7, -0.6]])
+    spec = weight_spec(4, 4, False)
+    scale, zp = clipped_qparams(w, spec, torch.tensor([[0.4], [0.4]]))
+    assert torch.allclose(scale.squeeze(1), torch.tensor([0.4 / 15, 0.4 / 15]))
+    assert zp.squeeze(1).tolist() == [0, 15]

@@ -85,6 +85,19 @@ def test_one_outlier_batch_moves_moving_average_by_c_only():
     assert mm.compute().hi.item() == 100.0
 
 
+def test_moving_average_across_the_whole_float32_range_stays_finite():
+    """max - previous max overflows float32 (3e38 - -3e38): before, the range became inf. Where the
+    float32 difference is finite the result is torch.ao's (the other channel)."""
+    cal = MovingAverageMinMax(averaging_constant=0.5, axis=0)
+    obs = MovingAveragePerChannelMinMaxObserver(averaging_constant=0.5, ch_axis=0)
+    first, second = torch.tensor([[-3e38, -2e38], [-1.0, 2.0]]), torch.tensor([[2e38, 3e38], [0.5, 4.0]])
+    result = feed(obs, cal, [first, second])
+    assert torch.isfinite(result.lo).all() and torch.isfinite(result.hi).all()
+    assert result.lo[0].item() == pytest.approx(-0.5e38, rel=1e-6)
+    assert result.hi[0].item() == pytest.approx(0.5e38, rel=1e-6)
+    assert torch.equal(result.lo[1], obs.min_val[1]) and torch.equal(result.hi[1], obs.max_val[1])
+
+
 @pytest.mark.parametrize("cls", [MinMax, MovingAverageMinMax])
 def test_per_channel_channel_count_must_not_change(cls):
     cal = cls(axis=-1)

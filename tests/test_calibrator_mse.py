@@ -70,6 +70,30 @@ def test_asymmetric_report_clips_the_observed_range():
     assert torch.equal(r.hi, torch.minimum(x.max(), amax))
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_asymmetric_report_of_one_signed_data_beyond_amax_is_not_inverted(sign):
+    """All data above amax (found by the property tests): before, lo = min seen > hi = amax."""
+    cal = MSE(bits=2, num_bins=16, start_bin=1, symmetric=False)
+    cal.update(sign * torch.tensor([1.541]))
+    r = cal.compute()
+    assert 0 < r.amax.item() < 1.541
+    assert r.lo.item() == r.hi.item() == sign * r.amax.item()  # the clip of [x, x] to [-amax, amax]
+
+
+@pytest.mark.parametrize("power", [64, 110, -100, -120])
+def test_mse_gives_the_same_choice_at_any_magnitude(power):
+    """Data times 2^k (exact): amax times 2^k, losses times 4^k. Before, the float32 squared errors
+    overflowed for |x| >= ~1e19 (2^64) and underflowed below ~1e-20, and the choice went wrong."""
+    x = distribution("laplace", 20_000)
+    ref, scaled = MSE(num_bins=512, start_bin=32), MSE(num_bins=512, start_bin=32)
+    ref.update(x)
+    scaled.update(x * 2.0 ** power)
+    r, s = ref.compute(), scaled.compute()
+    assert s.hi.item() == r.hi.item() * 2.0 ** power
+    assert torch.equal(s.curve[0], r.curve[0] * 2.0 ** power)
+    assert torch.equal(s.curve[1], r.curve[1] * 4.0 ** power)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"bits": 1}, "bits"), ({"bits": 20}, "bits"), ({"num_bins": 0}, "num_bins"),
     ({"start_bin": 2048}, "start_bin"), ({"start_bin": -1}, "start_bin"),

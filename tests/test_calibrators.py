@@ -158,6 +158,42 @@ def test_empty_and_wrong_type_inputs_raise(name):
         cal.update(torch.arange(4))
 
 
+@pytest.mark.parametrize("name", ["percentile", "entropy", "mse"])
+def test_subnormal_data_is_calibrated_like_any_other(name):
+    """float32 subnormals (|x| < 1.2e-38): before, the bin width underflowed to 0 in float32 and
+    torch.bincount failed, after the min / max seen had already changed."""
+    x = distribution("laplace", 20_000)
+    ref, tiny = make_calibrator(name), make_calibrator(name)
+    ref.update(x)
+    tiny.update(x * 2.0 ** -144)          # |x| <= 4e-43: 8 significant bits at most, width 2e-46
+    amax = tiny.compute().amax.item()
+    assert amax == pytest.approx(ref.compute().amax.item() * 2.0 ** -144, rel=0.1)
+
+
+@pytest.mark.parametrize("name", ["percentile", "entropy", "mse"])
+def test_a_batch_too_far_beyond_the_first_is_refused_without_a_trace(name):
+    """Bins keep the first batch's width: 1e30 after 1e-3 would need ~1e36 of them (before: torch's
+    overflow error, with the min / max seen already changed)."""
+    cal = small(name)
+    cal.update(distribution("gaussian", 1_000) * 1e-3)
+    before = cal.compute()
+    with pytest.raises(ValueError, match=r"x reaches \|x\| = .* bins"):
+        cal.update(torch.tensor([1e30, -1e30]))
+    assert results_equal(cal.compute(), before)
+    assert cal.histogram.min_seen > -1.0
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATORS))
+def test_meta_and_float32_overflowing_inputs_raise_naming_x(name):
+    cal = small(name)
+    with pytest.raises(ValueError, match="x must hold data; got a meta tensor"):
+        cal.update(torch.empty(4, device="meta"))
+    with pytest.raises(ValueError, match="x has values up to .* beyond float32's range"):
+        cal.update(torch.tensor([1.0, -1e39], dtype=torch.float64))
+    with pytest.raises(ValueError, match="seen no data"):
+        cal.compute()
+
+
 def test_low_precision_inputs_are_observed_in_float32():
     x = distribution("gaussian", 1_000)
     a, b = MinMax(), MinMax()

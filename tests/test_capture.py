@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from qlab.capture import (ActivationStats, LinearInputStats, capture_activations, find_norm_linear_groups,
-                          in_features_of, is_linear_like, linear_layers)
+from qlab.capture import (ActivationStats, LinearInputStats, capture_activations, check_patterns,
+                          find_norm_linear_groups, in_features_of, is_linear_like, linear_layers, linear_weight,
+                          name_matches)
 
 C = 8
 
@@ -127,6 +128,35 @@ def test_model_with_layernorm_conv1d_and_patterns():
     stats, ref = run_both(conv, batches())
     assert [stats[n].in_features for n in ("0", "2")] == [C, 6]
     torch.testing.assert_close(stats["2"].std, ref["2"].double().std(0, correction=0))
+
+
+@pytest.mark.parametrize("pattern, matches, misses", [  # the table of the module docstring
+    ("lm_head", ["lm_head", "model.lm_head"], ["lm_head_2", "model.lm_head.x"]),
+    ("mlp.fc", ["blocks.0.mlp.fc", "blocks.1.mlp.fc"], ["blocks.0.mlp.fc2"]),
+    ("*.mlp.*", ["blocks.0.mlp.fc", "blocks.0.mlp.proj"], ["mlp.fc"]),
+])
+def test_name_patterns_match_the_full_name_or_its_last_components(pattern, matches, misses):
+    assert all(name_matches(n, (pattern,)) for n in matches)
+    assert not any(name_matches(n, (pattern,)) for n in misses)
+
+
+def test_pattern_arguments_are_checked():
+    assert check_patterns("lm_head", "exclude") == ("lm_head",)
+    assert check_patterns(["a", "b*"], "include") == ("a", "b*")
+    for bad in (5, ["lm_head", 3], b"fc"):
+        with pytest.raises(TypeError, match=r"^layers must be a name pattern \(str\) or a sequence of them"):
+            linear_layers(TinyNet(), bad)
+    with pytest.raises(TypeError, match=r"^exclude must be a name pattern.*got None"):
+        check_patterns(None, "exclude")
+
+
+def test_linear_weight_is_out_in_for_linear_and_conv1d():
+    conv, lin = Conv1D(6, C), nn.Linear(C, 6)
+    assert linear_weight(lin) is lin.weight
+    w = linear_weight(conv)
+    assert w.shape == (6, C) and torch.equal(w, conv.weight.t()) and w.data_ptr() == conv.weight.data_ptr()
+    with pytest.raises(TypeError, match="nn.Linear or Conv1D"):
+        linear_weight(nn.LayerNorm(C))
 
 
 def test_missing_layer_and_bad_patterns():

@@ -1,11 +1,13 @@
 """The shipped checkpoint: verified loading, its card's figures re-measured, clear errors when broken."""
 
+import json
 import shutil
 
 import pytest
 import torch
 
-from qlab.checkpoint import CHECKPOINT_DIR, load_card, load_model, sha256_of
+from qlab.checkpoint import CHECKPOINT_DIR, load_card, load_model, model_config, safe_load, sha256_of
+from qlab.model import PRESETS
 from qlab.corpus import load_corpus
 from qlab.evaluate import generate, perplexity, unigram_perplexity
 
@@ -65,3 +67,58 @@ def test_corrupt_or_missing_checkpoint_says_how_to_retrain(tmp_path):
     (tmp_path / "small.pt").unlink()
     with pytest.raises(FileNotFoundError, match="qlab train"):
         load_model(directory=tmp_path)
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """The shipped checkpoint, copied to a folder a test may break."""
+    for name in ("small.pt", "small.json"):
+        shutil.copy(CHECKPOINT_DIR / name, tmp_path / name)
+    return tmp_path
+
+
+def test_broken_model_card_names_the_file_and_the_remedy(copy):
+    card = copy / "small.json"
+    assert model_config(directory=copy) == PRESETS["small"]
+    card.write_text("{ not json")
+    for load in (load_card, load_model, model_config):
+        with pytest.raises(ValueError, match=rf"model card {card} is not valid JSON .*qlab train"):
+            load(directory=copy)
+    card.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"model card {card} is not a JSON object but a list; .*qlab train"):
+        load_card(directory=copy)
+    good = json.loads((CHECKPOINT_DIR / "small.json").read_text())
+    card.write_text(json.dumps({k: v for k, v in good.items() if k != "sha256"}))
+    with pytest.raises(ValueError, match=rf"model card {card} has no 'sha256' of small.pt .*qlab train"):
+        load_model(directory=copy)
+    card.write_text(json.dumps({k: v for k, v in good.items() if k != "config"}))
+    with pytest.raises(ValueError, match=rf"model card {card} has no valid 'config' .*qlab train"):
+        model_config(directory=copy)
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, "w"): a file that runs code when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_safe_load_builds_tensors_and_plain_data_only(tmp_path):
+    data = {"w": torch.arange(3.0), "n": 2, "history": [{"step": 1, "loss": 0.5}], "name": "x"}
+    torch.save(data, tmp_path / "plain.pt")
+    loaded = safe_load(tmp_path / "plain.pt")
+    assert torch.equal(loaded.pop("w"), data.pop("w")) and loaded == data
+    marker = tmp_path / "ran"
+    torch.save({"w": RunsCode(marker)}, tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match=r"crafted\.pt was not loaded: loading it would call io\.open"):
+        safe_load(tmp_path / "crafted.pt")
+    assert not marker.exists()
+    (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"text\.pt (could not be read as|is not) a torch file"):
+        safe_load(tmp_path / "text.pt")
+    with pytest.raises(ValueError, match=r"empty\.pt could not be read as a torch file"):
+        safe_load(tmp_path / "empty.pt")

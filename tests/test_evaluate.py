@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qlab.evaluate import eval_windows, generate, perplexity, perplexity_on, unigram_perplexity
-from qlab.model import GPT, PRESETS
+from qlab.model import GPT, PRESETS, ModelConfig
 
 
 class Uniform(nn.Module):
@@ -76,3 +76,49 @@ def test_nan_model_is_an_error_not_a_number():
 
     with pytest.raises(FloatingPointError, match="NaN"):
         perplexity(NaNModel(), "test", "fast", context=16)
+
+
+def test_windows_that_predict_nothing_or_hold_no_token_are_refused():
+    m = Uniform()
+    good = torch.zeros(3, 17, dtype=torch.long)
+    for bad in (torch.zeros(0, 17, dtype=torch.long), torch.zeros(5, 1, dtype=torch.long),
+                torch.zeros(17, dtype=torch.long), [[1, 2]]):
+        with pytest.raises(ValueError, match="windows must be an"):
+            perplexity_on(m, bad)
+    for ids in (256, -1):
+        with pytest.raises(ValueError, match=r"windows holds token ids .* outside the vocabulary \[0, 255\]"):
+            perplexity_on(m, good + ids)
+    with pytest.raises(TypeError, match="windows must be an int64"):
+        perplexity_on(m, good.float())
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        perplexity_on(m, good, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        perplexity_on(m, good, batch_size=2.5)
+    with pytest.raises(ValueError, match="fast_windows must be >= 1"):
+        eval_windows(torch.arange(100), 10, "fast", fast_windows=0)
+    # the vocabulary is the model's: a GPT with 64 symbols refuses byte 64
+    small_vocab = GPT(ModelConfig(**{**PRESETS["tiny"].to_dict(), "vocab_size": 64}))
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 63\]"):
+        perplexity_on(small_vocab, good + 64)
+    assert perplexity_on(m, good.int()).perplexity == pytest.approx(256)  # int32 ids are ids too
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(n_tokens=2.5), TypeError, "n_tokens must be an int"),
+    (dict(n_tokens="3"), TypeError, "n_tokens must be an int"),
+    (dict(n_tokens=-1), ValueError, "n_tokens must be >= 0"),
+    (dict(prompt=b"def "), TypeError, "prompt must be a str"),
+    (dict(prompt="\ud800"), ValueError, "prompt cannot be encoded as UTF-8"),
+    (dict(prompt=""), ValueError, "prompt must not be empty"),
+    (dict(top_k=2.5), TypeError, "top_k must be an int"),
+    (dict(top_k=0), ValueError, "top_k must be >= 1"),
+    (dict(temperature=float("nan")), ValueError, "temperature must be a finite number >= 0"),
+    (dict(temperature=float("inf")), ValueError, "temperature must be a finite number >= 0"),
+    (dict(temperature="1"), TypeError, "temperature must be a number"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
+])
+def test_generate_refuses_bad_arguments_by_name(kwargs, error, match):
+    m = GPT(PRESETS["tiny"]).eval()
+    args = {"prompt": "x", "n_tokens": 3, "temperature": 1.0, **kwargs}
+    with pytest.raises(error, match=match):
+        generate(m, args.pop("prompt"), args.pop("n_tokens"), **args)

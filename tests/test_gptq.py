@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -212,6 +213,28 @@ def test_add_batch_is_the_running_average_of_2_x_xT():
     assert torch.equal(r.weight_q, gptq(layer.weight, acc.H, (4, 8, False)).weight_q)
 
 
+def test_add_batch_of_zero_rows_adds_nothing():
+    layer, x = nn.Linear(16, 8), torch.randn(5, 16)
+    acc, ref = GPTQ(layer), GPTQ(layer)
+    acc.add_batch(torch.zeros(0, 16))  # e.g. an empty calibration batch
+    for a in (acc, ref):
+        a.add_batch(x)
+    acc.add_batch(torch.zeros(2, 0, 16))
+    assert acc.nsamples == 5 and torch.equal(acc.H, ref.H)
+
+
+def test_non_finite_and_float32_overflowing_inputs_are_told_apart():
+    acc = GPTQ(nn.Linear(16, 8), "blocks.1.mlp.fc")
+    x = torch.randn(4, 16)
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc: NaN or Inf in the calibration inputs"):
+        acc.add_batch(x.index_fill(1, torch.tensor([2]), float("nan")))
+    assert acc.nsamples == 0 and not acc.H.any()  # refused before any change
+    acc.add_batch(x * 1e20)  # finite, but x x^T is not in float32
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc: the float32 Hessian overflowed: the calibration "
+                                         r"inputs are too large"):
+        acc.quantize((4, 8, False))
+
+
 def test_dead_inputs_get_zero_weights():
     W, H = problem(8, 32, seed=5)
     H[3, :], H[:, 3] = 0, 0
@@ -247,6 +270,10 @@ def test_bad_arguments_raise_clear_errors():
         gptq(W, H, (5, 16, False))
     with pytest.raises(ValueError, match="add_batch"):
         GPTQ(nn.Linear(32, 8)).quantize((4, 16, False))
+    for shape in ((8, 0), (0, 32)):  # K = 0 or N = 0: nothing to quantize
+        with pytest.raises(ValueError, match=r"W must be a non-empty float \(out, in\) matrix, got "
+                                             + re.escape(str(shape))):
+            gptq(torch.zeros(shape), torch.zeros(shape[1], shape[1]), (4, None, False))
 
 
 # ----------------------------------------------------------------------------- on a model
@@ -325,6 +352,23 @@ def test_model_level_errors():
         gptq_quantize_model(model, calib(4), bits=4, group_size=128, progress=False)
     with pytest.warns(UserWarning, match="rank-deficient"):
         gptq_quantize_model(model, calib(1, 8), bits=4, group_size=32, progress=False)
+    for ids in (256, -1):
+        with pytest.raises(ValueError, match=rf"token ids in \[0, 256\) \(the model's vocab_size\), "
+                                             rf"got ids from {ids}"):
+            gptq_quantize_model(model, torch.full((8, 32), ids), group_size=32, progress=False)
+
+
+def test_model_level_errors_name_the_layer():
+    bad = tiny_gpt()
+    with torch.no_grad():
+        bad.blocks[1].mlp.fc.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc\.weight contains 1 NaN or Inf values"):
+        gptq_quantize_model(bad, calib(8), group_size=32, progress=False)
+    huge = tiny_gpt()
+    with torch.no_grad():
+        huge.blocks[1].ln_2.weight.fill_(1e20)  # finite, but mlp.fc's Hessian overflows float32
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc: the float32 Hessian overflowed"):
+        gptq_quantize_model(huge, calib(8), group_size=32, progress=False)
 
 
 def test_gptq_quantize_model_on_a_hugging_face_llama():
@@ -341,3 +385,9 @@ def test_gptq_quantize_model_on_a_hugging_face_llama():
     with torch.no_grad():
         err = (q(idx[:4]).logits - model(idx[:4]).logits).pow(2).mean()
         assert 0 < err < model(idx[:4]).logits.pow(2).mean() * 0.05
+
+
+@pytest.mark.parametrize("k,n", [(0, 8), (8, 0)])
+def test_a_layer_without_weights_is_refused_when_the_gptq_object_is_made(k, n):
+    with pytest.raises(ValueError, match="in_features K = .* and out_features N = .*must be >= 1"):
+        GPTQ(nn.Linear(k, n))

@@ -11,8 +11,14 @@ transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from qlab import QuantSpec  # noqa: E402
+from qlab.algorithms import (awq_quantize_model, gptq_quantize_model, prepare_qat, rtn_quantize,  # noqa: E402
+                             smoothquant_quantize_model)
+from qlab.algorithms.smoothquant import collect_smoothing_groups  # noqa: E402
 from qlab.capture import capture_activations  # noqa: E402
-from qlab.hf import linear_layers, norm_linear_groups, wrap_hf_causal_lm  # noqa: E402
+from qlab.hf import conv1d_to_linear, linear_layers, norm_linear_groups, wrap_hf_causal_lm  # noqa: E402
+from qlab.layers import WeightOnlyLinear  # noqa: E402
+from qlab.layers.swap import QuantRecipe, quantize_model  # noqa: E402
 
 L = 2  # layers
 
@@ -144,3 +150,79 @@ def test_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # simulate a missing install
     with pytest.raises(ImportError, match=r"pip install qlab\[hf\]"):
         wrap_hf_causal_lm(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- qlab's algorithms on wrapped models
+
+SWAPS = {  # every entry point with a default exclude=("lm_head",)
+    "rtn_quantize": lambda m: rtn_quantize(m, QuantSpec.int4_per_group(32)),
+    "quantize_model": lambda m: quantize_model(m, QuantRecipe("w8a8")),
+    "smoothquant": lambda m: smoothquant_quantize_model(m, tokens(4, 16)),
+    "prepare_qat": lambda m: prepare_qat(m, QuantSpec.int4_per_group(32)),
+}
+
+
+@pytest.mark.parametrize("entry", list(SWAPS))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_default_exclude_keeps_the_wrapped_head_float_and_tied(family, entry):
+    """exclude=("lm_head",) matches the wrapper's model.lm_head (qlab.capture.name_matches)."""
+    torch.manual_seed(0)
+    wrapped = wrap_hf_causal_lm(BUILDERS[family]())
+    q = SWAPS[entry](wrapped)
+    head, emb = q.model.lm_head, q.model.get_input_embeddings()
+    assert type(head) is torch.nn.Linear
+    assert torch.equal(head.weight, wrapped.model.lm_head.weight)
+    if family == "gpt2":  # GPT-2 ties its head to the embedding; Llama's config does not
+        assert head.weight is emb.weight
+    swapped = [n for n, m in q.named_modules() if n.endswith(("c_fc", "up_proj")) and "qlab" in type(m).__module__]
+    assert len(swapped) == L  # the blocks' linears were swapped
+
+
+def test_smoothquant_reads_conv1d_weights_as_out_in():
+    """GPT-2's Conv1D (weight (in, out)) gives the same groups and W8A8 model as its nn.Linear twin."""
+    torch.manual_seed(0)
+    conv = wrap_hf_causal_lm(gpt2())
+    lin = conv1d_to_linear(conv)
+    calib, idx = tokens(4, 16), tokens(2, 12, seed=1)
+    for a, b in zip(collect_smoothing_groups(conv, calib), collect_smoothing_groups(lin, calib)):
+        assert a.linears == b.linears
+        torch.testing.assert_close(a.weight_absmax, b.weight_absmax, rtol=0, atol=0)  # per input channel
+        torch.testing.assert_close(a.act_absmax, b.act_absmax)
+    with torch.no_grad():
+        q_conv, q_lin = smoothquant_quantize_model(conv, calib)(idx), smoothquant_quantize_model(lin, calib)(idx)
+        ref = conv(idx)
+    # the same quantized model (equal here; the bound leaves room for another BLAS's rounding)
+    assert (q_conv - q_lin).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_conv1d_to_linear_keeps_the_function_and_the_callers_model():
+    torch.manual_seed(0)
+    model = gpt2()
+    state = torch.random.get_rng_state()
+    lin = conv1d_to_linear(model)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no random initialisation on the way
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the caller's model is untouched
+    assert list(linear_layers(lin)) == list(linear_layers(model))
+    assert all(isinstance(m, torch.nn.Linear) for m in linear_layers(lin).values())
+    c_attn = lin.transformer.h[0].attn.c_attn
+    assert torch.equal(c_attn.weight, model.transformer.h[0].attn.c_attn.weight.t()) and not c_attn.training
+    idx = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(lin(idx).logits, model(idx).logits, rtol=1e-5, atol=1e-5)
+    assert conv1d_to_linear(model, inplace=True) is model
+    assert isinstance(model.transformer.h[0].attn.c_attn, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("method", ["AWQ", "GPTQ"])
+def test_awq_and_gptq_refuse_conv1d_by_name_and_take_the_converted_model(method):
+    calib = tokens(8, 32)  # 256 tokens: more than the widest input (128), H has full rank
+    run = {"AWQ": lambda m: awq_quantize_model(m, calib, group_size=32, progress=False)[0],
+           "GPTQ": lambda m: gptq_quantize_model(m, calib, group_size=32, progress=False)}[method]
+    torch.manual_seed(0)
+    wrapped = wrap_hf_causal_lm(gpt2())
+    with pytest.raises(TypeError, match=rf"^{method} supports nn.Linear; model.transformer.h.0.attn.c_attn is a "
+                                        r"transformers\.pytorch_utils\.Conv1D .*conv1d_to_linear"):
+        run(wrapped)
+    q = run(conv1d_to_linear(wrapped))
+    swapped = [n for n, m in q.named_modules() if isinstance(m, WeightOnlyLinear)]
+    assert len(swapped) == 4 * L and type(q.model.lm_head) is torch.nn.Linear

@@ -12,6 +12,7 @@ from _triton import skip_module_without_triton
 skip_module_without_triton()
 
 from qlab.kernels.per_token_quant import EPS, per_token_quant_reference, per_token_quant_triton
+from qlab.kernels.reference import w8a8_matmul_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BIG = 8 if DEVICE == "cuda" else 1  # natively, the same tests run on larger tensors
@@ -92,3 +93,19 @@ def test_bad_inputs_raise():
 def test_empty_batch():
     q, s = per_token_quant_triton(torch.ones(0, 16, device=DEVICE))
     assert q.shape == (0, 16) and s.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype, block_k", [(torch.float32, None), (torch.float16, 16)])  # 16: two sweeps
+def test_non_finite_rows_get_a_nan_scale_and_zero_codes_in_both_paths(dtype, block_k):
+    x = _random_x(4, 40, dtype, seed=5)
+    x[1, 3], x[2, 0], x[3, 39] = float("nan"), float("inf"), -float("inf")
+    q, s = per_token_quant_triton(x, block_k)
+    q_ref, s_ref = per_token_quant_reference(x)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(q, q_ref)
+    assert s[1:].isnan().all() and (q[1:] == 0).all()
+    q0, s0 = per_token_quant_reference(x[:1])  # the finite row is untouched by its neighbours
+    assert torch.equal(q[:1], q0) and torch.equal(s[:1], s0)
+    wq = torch.ones(40, 3, dtype=torch.int8, device=DEVICE)
+    y = w8a8_matmul_reference(q, s, wq, torch.ones(3, device=DEVICE), out_dtype=torch.float32)  # (4, 3)
+    assert torch.isfinite(y[0]).all() and y[1:].isnan().all()  # NaN out, as from a float matmul

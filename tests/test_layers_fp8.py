@@ -103,3 +103,12 @@ def test_bad_inputs():
     x[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
         layer(x)
+
+
+@pytest.mark.parametrize("act", ["per_tensor", "per_token", None])
+def test_empty_batch_gives_an_empty_output(act):
+    """Like the other quantized layers (before: "x is empty" from the activation quantizer)."""
+    layer = FP8Linear.from_float(make_linear(), act=act)
+    assert layer(torch.randn(0, 64)).shape == (0, 24)
+    y = layer(torch.randn(3, 0, 64, dtype=torch.bfloat16))
+    assert y.shape == (3, 0, 24) and y.dtype == torch.bfloat16

@@ -276,3 +276,17 @@ def test_forward_checks_the_input():
         layer(torch.randn(2, 63))
     with pytest.raises(TypeError, match="floating-point"):
         layer(torch.ones(2, 64, dtype=torch.int64))
+
+
+def test_g_idx_with_an_empty_group_gives_that_group_scale_eps():
+    """A column -> group map may leave a group without columns: its range is [0, 0], its scale eps."""
+    lin = make_linear(K=32, N=8)
+    g_idx = torch.zeros(32, dtype=torch.int64)
+    g_idx[16:] = 3  # groups 1 and 2 of the 4 hold no column
+    layer = WeightOnlyLinear.from_float(lin, 4, 8, False, g_idx=g_idx)
+    scale, _ = layer.qparams()
+    assert torch.isfinite(scale).all() and (scale[:, 1:3] == torch.finfo(torch.float32).eps).all()
+    W = lin.weight.detach()
+    for cols, g in ((slice(0, 16), 0), (slice(16, 32), 3)):
+        lo, hi = W[:, cols].amin(1).clamp(max=0), W[:, cols].amax(1).clamp(min=0)
+        assert torch.equal(scale[:, g], torch.clamp((hi - lo) / 15, min=torch.finfo(torch.float32).eps))

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from qlab.algorithms.layerwise import (BlockInputs, capture_block_inputs, collect_linear_inputs, find_blocks,
-                                       input_groups, linears_in, run_layerwise)
+from qlab.algorithms.layerwise import (BlockInputs, capture_block_inputs, check_calib_tokens, check_finite_parameters,
+                                       collect_linear_inputs, errors_name, find_blocks, input_groups, linears_in,
+                                       quantizable_block_linears, run_layerwise)
 from qlab.model import GPT, PRESETS, ModelConfig
 
 
@@ -131,6 +132,56 @@ def test_bad_calibration_sets_raise_clear_errors():
         run_layerwise(model, tokens(2), identity, batch_size=0, progress=False)
     with pytest.raises(TypeError, match="process_block"):
         run_layerwise(model, tokens(2), None, progress=False)
+
+
+@pytest.mark.parametrize("bad_id", [256, 1000, -1])
+def test_token_ids_outside_the_vocabulary_are_refused(bad_id):
+    model = tiny_gpt()
+    idx = tokens(2).index_fill(1, torch.tensor([5]), bad_id)
+    match = r"^calib_tokens must hold token ids in \[0, 256\) \(the model's vocab_size\), got ids from "
+    with pytest.raises(ValueError, match=match):
+        run_layerwise(model, idx, identity, progress=False)
+    with pytest.raises(ValueError, match=match):
+        check_calib_tokens(idx, model)
+    assert torch.equal(check_calib_tokens(idx), idx)  # without a model: no vocabulary to check against
+    assert torch.equal(check_calib_tokens(tokens(2), model), tokens(2))
+
+
+def test_non_finite_parameters_are_named():
+    model = tiny_gpt()
+    check_finite_parameters(model)
+    with torch.no_grad():
+        model.blocks[1].ln_2.weight[:3] = float("inf")
+    with pytest.raises(ValueError, match=r"^blocks\.1\.ln_2\.weight contains 3 NaN or Inf values"):
+        check_finite_parameters(model)
+
+
+def test_errors_name_prefixes_the_layer_once():
+    with pytest.raises(ValueError, match=r"^blocks\.0\.mlp\.fc: bad scale$"):
+        with errors_name("blocks.0.mlp.fc"):
+            raise ValueError("bad scale")
+    with pytest.raises(TypeError, match=r"^the Hessian of blocks\.0\.mlp\.fc is odd$"):  # named already
+        with errors_name("blocks.0.mlp.fc"):
+            raise TypeError("the Hessian of blocks.0.mlp.fc is odd")
+    with pytest.raises(KeyError):  # other errors pass through untouched
+        with errors_name("blocks.0.mlp.fc"):
+            raise KeyError("x")
+
+
+def test_quantizable_block_linears_refuse_other_linear_like_layers_by_name():
+    class Conv1D(nn.Module):  # Hugging Face's GPT-2 layout: weight (in, out)
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4, 4))
+
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), Conv1D()) for _ in range(2)])
+    with pytest.raises(TypeError, match=r"^AWQ supports nn\.Linear; blocks\.0\.1 is a .*Conv1D \(weight stored as "
+                                        r"\(in, out\)\): convert the model with qlab\.hf\.conv1d_to_linear"):
+        quantizable_block_linears(model, model.blocks, "AWQ")
+    gpt = tiny_gpt()
+    names = [f"blocks.{i}.{n}" for i in range(2) for n in linears_in(gpt.blocks[0])]
+    assert list(quantizable_block_linears(gpt, gpt.blocks, "GPTQ")) == names
 
 
 def test_nan_activations_raise_naming_the_block():

@@ -22,7 +22,9 @@ def test_log_yscale_keeps_only_decade_ticks():
     fig.canvas.draw()
     assert ax.get_yscale() == "log"
     assert ax.yaxis.get_minor_locator().tick_values(1e-6, 1) == []
-    assert len(ax.get_yticks()) <= 10
+    lo, hi = ax.get_ylim()
+    shown = [t for t in ax.get_yticks() if lo <= t <= hi]  # matplotlib < 3.11 also lists ticks beyond the view
+    assert 0 < len(shown) <= 10
     plt.close(fig)
 
 

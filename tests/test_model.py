@@ -106,6 +106,23 @@ def test_bad_config_and_input():
         m(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="idx"):
         m(torch.zeros(65, dtype=torch.long))
+    with pytest.raises(ValueError, match="ModelConfig.n_layer must be an int >= 1, got 2.5"):
+        ModelConfig(n_layer=2.5)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_by_name():
+    """Not torch's IndexError from the embedding: the ids, the vocabulary, the argument."""
+    m = tiny()
+    for bad, ids in ((256, r"\[0, 256\]"), (-1, r"\[-1, 0\]")):
+        idx = torch.zeros(2, 8, dtype=torch.long)
+        idx[1, 3] = bad
+        with pytest.raises(ValueError, match=rf"idx holds token ids in {ids}, outside the vocabulary \[0, 255\]"):
+            m(idx)
+    with pytest.raises(TypeError, match="idx must be an int64 .* got torch.float32"):
+        m(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match=r"vocabulary \[0, 15\]"):
+        tiny(vocab_size=16)(torch.full((1, 4), 16))
+    torch.testing.assert_close(m(torch.full((1, 4), 255, dtype=torch.int32)), m(torch.full((1, 4), 255)))
 
 
 def test_loss_decreases_on_a_fixed_batch():

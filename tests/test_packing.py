@@ -64,6 +64,9 @@ def test_unpack_without_size_keeps_padding():
     (torch.tensor([0.0, 1.0]), 4, TypeError, "codes must be an integer tensor"),
     (torch.tensor([0, 1]), 5, ValueError, "bits must be one of"),
     (torch.tensor(3), 4, ValueError, "0-d"),
+    (torch.tensor([0, 1]), 4.0, TypeError, "bits must be an int, got 4.0"),  # before: torch's lshift error
+    (torch.tensor([0, 1]), True, TypeError, "bits must be an int"),
+    (torch.zeros(4, dtype=torch.uint8, device="meta"), 4, ValueError, "codes must hold data; got a meta"),
 ])
 def test_pack_bad_input(codes, bits, error, match):
     with pytest.raises(error, match=match):
@@ -79,3 +82,18 @@ def test_unpack_bad_input():
         unpack(torch.zeros(2, dtype=torch.uint8), 4, size=5)
     with pytest.raises(ValueError, match="dim 2 is out of range"):
         pack(torch.zeros(2, 2, dtype=torch.int64), 4, dim=2)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        pack(torch.zeros(2, 2, dtype=torch.int64), 4, dim=1.0)
+    with pytest.raises(ValueError, match="packed must hold data"):
+        unpack(torch.zeros(2, dtype=torch.uint8, device="meta"), 4)
+
+
+@pytest.mark.parametrize("size, bits, error, match", [
+    (-5, 4, ValueError, "size must be >= 0, got -5"),   # before: -2 bytes
+    (5.0, 4, TypeError, "size must be an int"),
+    (5, 4.0, TypeError, "bits must be an int"),
+    (5, 6, ValueError, "bits must be one of"),
+])
+def test_packed_size_bad_input(size, bits, error, match):
+    with pytest.raises(error, match=match):
+        packed_size(size, bits)

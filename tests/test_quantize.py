@@ -368,6 +368,71 @@ def test_bad_granularity_for_shape_raises():
         quantize(torch.randn(4, 96), "int8")
 
 
+@pytest.mark.parametrize("lo, hi, match", [
+    (float("nan"), 1.0, "lo contains NaN or Inf"),
+    (-1.0, float("inf"), "hi contains NaN or Inf"),
+    (-float("inf"), 1.0, "lo contains NaN or Inf"),
+    (2.0, 1.0, "lo must be <= hi"),
+    (torch.tensor([-1.0, 3.0]), torch.tensor([1.0, 2.0]), "lo must be <= hi"),
+    (-1e39, 1.0, "lo has values up to .* beyond float32's range"),
+    (torch.zeros(3), torch.ones(2), "lo and hi must have the same shape"),
+])
+def test_compute_qparams_rejects_bad_ranges(lo, hi, match):
+    """Before: NaN / inf / eps scales came back silently."""
+    with pytest.raises(ValueError, match=match):
+        compute_qparams(lo, hi, QuantSpec("int", 8, symmetric=False))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("values", [[-3e38, 3e38, 1e38, 0.0], [-3.4028235e38, 3.4028235e38, -1.0]])
+def test_range_near_float32_max_stays_finite(values, symmetric):
+    """hi - lo overflows float32 here (before: inf scale, all-NaN dequantized values); the outermost
+    grid point, half a step beyond the data, saturates at float32's largest value."""
+    x = torch.tensor(values)
+    spec = QuantSpec("int", 8, symmetric=symmetric)
+    qt = quantize(x, spec)
+    x_hat = qt.dequantize()
+    assert torch.isfinite(qt.scale).all() and torch.isfinite(x_hat).all()
+    assert torch.all((x.double() - x_hat.double()).abs() <= qt.scale.double() / 2 * (1 + 1e-5))
+    assert torch.equal(fake_quantize(x, spec), x_hat)
+
+
+def test_float16_extremes_fake_quantize_to_float16_values():
+    """-65504 lands on code -128 = -65760 > float16's max: saturated, not -inf."""
+    x = torch.tensor([-65504.0, 65504.0, 1.0], dtype=torch.float16)
+    y = fake_quantize(x, QuantSpec("int", 8))
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert torch.equal(y, quantize(x, QuantSpec("int", 8)).dequantize(torch.float16))
+
+
+META = torch.empty(4, device="meta")
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda s: quantize(torch.randn(3), s).dequantize(torch.int32), TypeError,
+     "dtype must be a floating-point"),
+    (lambda s: dequantize(quantize(torch.randn(3), s), torch.int8), TypeError,
+     "dtype must be a floating-point"),
+    (lambda s: quantize(torch.tensor([1e39, 1.0], dtype=torch.float64), s), ValueError,
+     r"x has values up to \|x\| = 1e\+39, beyond float32's range"),
+    (lambda s: fake_quantize(torch.tensor([-1e300], dtype=torch.float64), s), ValueError,
+     "beyond float32"),
+    (lambda s: quantize(META, s), ValueError, "x must hold data; got a meta tensor"),
+    (lambda s: fake_quantize(META, s), ValueError, "x must hold data"),
+    (lambda s: choose_qparams(META, s), ValueError, "x must hold data"),
+    (lambda s: quantize(torch.randn(3), s, lo=META[:1], hi=1.0), ValueError, "lo must hold data"),
+    (lambda s: quantize(torch.randn(3), s, lo="-1", hi=1.0), TypeError, "lo must be a float or a tensor"),
+    (lambda s: quantize(torch.randn(3), s, lo=-1.0, hi=1e40), ValueError, "hi has values up to"),
+    (lambda s: quantize(torch.randn(3).to(torch.float8_e4m3fn), s), TypeError,
+     "x must be a floating-point"),
+    (lambda s: fake_quantize(torch.randn(3), s, generator=0), TypeError, "generator must be"),
+])
+def test_bad_arguments_raise_naming_them(call, error, match):
+    """Before: int32 truncated silently, float64 overflow read "NaN or Inf", meta: torch's .item() error."""
+    with pytest.raises(error, match=match):
+        call(QuantSpec())
+
+
 def test_public_names_exported():
     import qlab
 

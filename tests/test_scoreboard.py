@@ -99,6 +99,45 @@ def test_bad_arguments(model):
         run_method(model, "w8a8", act="per_channel")
 
 
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("rtn", 4, 7), {}, r"group_size 7 must divide the input width of every quantized layer \[128, 512\]"),
+    (("gptq", 4, 256), {}, r"group_size 256 must divide .* \[128, 512\]; take a divisor of 128"),
+    (("mixed", 3.0, 96), {}, "group_size 96 must divide"),
+    (("mixed", 1), {}, "budget wbits=1 is below the smallest achievable 2.5000"),
+    (("mixed", 2.2), {}, "budget wbits=2.2 is below the smallest achievable 2.5000"),
+    (("mixed", 2.3, None), {}, r"budget wbits=2.3 is below the smallest achievable 2.3750 .*per channel"),
+    (("mixed", float("nan")), {}, "method 'mixed' takes wbits .* a finite number"),
+    (("smoothquant",), dict(alpha=1.5), r"alpha must be a number in \[0, 1\] or 'auto'"),
+    (("rtn", 4), dict(calib_samples=0), "calib_samples must be a positive int, got 0"),
+    (("rtn", 4), dict(seed=2**64), "seed must be an int"),
+    (("rtn", 4), dict(seed=1.5), "seed must be an int"),
+])
+def test_arguments_are_checked_before_any_work(model, monkeypatch, args, kwargs, match):
+    """A bad argument fails in check_method_args, before calibration or measuring starts."""
+    monkeypatch.setattr(sb, "calibration_samples", lambda *a, **k: pytest.fail("calibration started"))
+    monkeypatch.setattr(sb, "perplexity", lambda *a, **k: pytest.fail("measuring started"))
+    with pytest.raises(ValueError, match=match):
+        run_method(model, *args, mode="fast", **kwargs)
+
+
+def test_mixed_budget_range_is_what_the_measured_sensitivities_give(model, monkeypatch):
+    """The budget range checked before work equals LayerSensitivity.bits_range after measuring."""
+    monkeypatch.setattr(sb, "SENSITIVITY_WINDOWS", 2)
+    for group_size in (128, None):
+        lo, hi = sb.mixed_budget_range(model, group_size)
+        assert (lo, hi) == pytest.approx(sb.mixed_sensitivity(model, group_size).bits_range(), rel=1e-12)
+    with torch.device("meta"):   # the shapes are all it reads
+        skeleton = type(model)(model.config)
+    assert sb.mixed_budget_range(skeleton, 128) == sb.mixed_budget_range(model, 128)
+
+
+def test_standard_set_is_checked_before_any_row_is_measured(model, monkeypatch):
+    monkeypatch.setattr(sb, "STANDARD_SET", (("float", None, None, None), ("rtn", 5, 128, None)))
+    monkeypatch.setattr(sb, "perplexity", lambda *a, **k: pytest.fail("measuring started"))
+    with pytest.raises(ValueError, match=r"wbits for 'rtn' must be one of \(2, 3, 4, 8\), got 5"):
+        sb.run_standard_set(model, mode="fast", log=None)
+
+
 # ----------------------------------------------------------------------------- the front
 
 
@@ -144,6 +183,22 @@ def test_tables_json_and_plot(tmp_path, float_row):
     assert sb.machine_slug("NVIDIA H200 (x86_64)") == "NVIDIA_H200_x86_64"
 
 
+def test_a_file_that_is_not_a_scoreboard_names_itself_and_what_it_lacks(tmp_path, float_row):
+    path = tmp_path / "rows.json"
+    path.write_text("{ not json")
+    with pytest.raises(ValueError, match=rf"scoreboard file {path} is not valid JSON .*qlab ptq --json"):
+        sb.load_json(path)
+    for record in ({"machine": "m"}, {"rows": {"a": 1}}, [1, 2]):
+        path.write_text(json.dumps(record))
+        with pytest.raises(ValueError, match=rf"scoreboard file {path} has no 'rows' list of objects"):
+            sb.load_json(path)
+    row = float_row.to_dict()
+    del row["perplexity"]
+    path.write_text(json.dumps({"rows": [float_row.to_dict(), row]}))
+    with pytest.raises(ValueError, match=rf"scoreboard file {path}: row 1 has no perplexity"):
+        sb.load_json(path)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -158,7 +213,7 @@ def test_ptq_arguments_parse():
     assert cli.build_parser().parse_args(["ptq", "--method", "smoothquant", "--alpha", "0.75"]).alpha == 0.75
     for bad in (["ptq", "--method", "hqq"], ["ptq", "--method", "rtn", "--group-size", "-3"],
                 ["ptq", "--method", "smoothquant", "--alpha", "1.5"], ["ptq", "--alpha", "best"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(cli.UsageError, match="^ptq: argument"):
             cli.build_parser().parse_args(bad)
 
 
@@ -170,10 +225,11 @@ def test_ptq_command_runs(model, monkeypatch, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "int8 per-channel" in printed and "float" in printed
     assert [r.method for r in sb.load_json(out)] == ["float", "rtn"]
-    with pytest.raises(SystemExit, match="either --method or --all"):
-        cli.main(["ptq"])
-    with pytest.raises(SystemExit, match="--wbits must be an integer"):
-        cli.main(["ptq", "--method", "rtn", "--wbits", "3.5", "--fast"])
+    assert cli.main(["ptq"]) == 2
+    assert cli.main(["ptq", "--method", "rtn", "--wbits", "3.5", "--fast"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "qlab: error: ptq: give either --method or --all",
+        "qlab: error: wbits for 'rtn' must be one of (2, 3, 4, 8), got 3.5"]
     monkeypatch.setattr(sb, "STANDARD_SET", (("float", None, None, None), ("rtn", 8, None, None),
                                              ("smoothquant", 8, None, "per_token", "auto")))
     assert cli.main(["ptq", "--all", "--fast", "--out-dir", str(tmp_path)]) == 0

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from qlab.algorithms.smoothquant import (ALPHA_GRID, apply_smoothing, collect_smoothing_groups, group_rows,
-                                         search_alphas, smooth_model, smoothing_effect, smoothing_scales,
-                                         smoothquant_quantize_model, w8a8_group_error)
+                                         search_alphas, smooth_model, smoothing_effect, smoothing_groups,
+                                         smoothing_scales, smoothquant_quantize_model, w8a8_group_error)
 from qlab.calibrators.base import CalibrationResult
 from qlab.capture import capture_activations
 from qlab.layers.swap import QuantRecipe, quantize_model
@@ -106,6 +106,23 @@ def test_groups_statistics_match_capture_activations():
         mods = dict(model.named_modules())
         w = torch.cat([mods[n].weight for n in g.linears]).abs().amax(dim=0)
         assert torch.equal(g.weight_absmax, w)
+
+
+def test_square_conv1d_weight_maxima_are_per_input_channel():
+    """A Conv1D stores (in, out): max|W_j| of input channel j is the max of ROW j, as for its nn.Linear twin."""
+    Conv1D = pytest.importorskip("transformers.pytorch_utils").Conv1D  # GPT-2's layer
+    torch.manual_seed(0)
+    C = 8
+    conv = nn.Sequential(nn.LayerNorm(C), Conv1D(C, C))  # square: a wrong axis would go unnoticed by shapes
+    lin = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C))
+    with torch.no_grad():
+        lin[1].weight.copy_(conv[1].weight.t())
+    x = torch.randn(2, 5, C)
+    absmax = {"1": torch.ones(C)}
+    [g_conv], [g_lin] = smoothing_groups(conv, absmax, x), smoothing_groups(lin, absmax, x)
+    assert torch.equal(g_conv.weight_absmax, conv[1].weight.abs().amax(dim=1))
+    assert torch.equal(g_conv.weight_absmax, g_lin.weight_absmax)
+    assert not torch.equal(g_conv.weight_absmax, conv[1].weight.abs().amax(dim=0))  # the two axes differ here
 
 
 @pytest.mark.parametrize("act,recipe_act", [("per_token", "dynamic"), ("per_tensor", "static")])
@@ -238,3 +255,22 @@ def test_errors():
         smooth_model(model, CALIB.float())
     with pytest.raises(ValueError, match="same length"):
         smoothing_scales(torch.ones(3), torch.ones(4))
+    with pytest.raises(TypeError, match=r"^exclude must be a name pattern \(str\) or a sequence of them"):
+        smoothquant_quantize_model(model, CALIB, exclude=5)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 256\).*got ids from .* to 256$"):
+        smoothquant_quantize_model(model, CALIB.clamp(max=255).index_fill(1, torch.tensor([3]), 256))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 256\).*got ids from -1"):
+        smooth_model(model, CALIB - 1)
+
+
+def test_errors_name_the_layer():
+    model = outlier_gpt()
+    bad = outlier_gpt()
+    with torch.no_grad():
+        bad.blocks[1].mlp.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^blocks\.1\.mlp\.fc\.weight contains 1 NaN or Inf values"):
+        smoothquant_quantize_model(bad, CALIB)
+    groups = collect_smoothing_groups(model, CALIB)
+    groups[1].act_absmax[0] = float("nan")  # e.g. a statistic computed elsewhere
+    with pytest.raises(ValueError, match=r"^blocks\.0\.ln_2 -> blocks\.0\.mlp\.fc: s must hold positive finite"):
+        apply_smoothing(model, groups)

@@ -90,6 +90,9 @@ def test_frozen_and_hashable():
     ({"format": "pow2", "bits": 9}, ValueError, "bits must be in 2..8 for format='pow2'"),
     ({"format": "lut"}, ValueError, "codebook"),
     ({"format": "lut", "codebook": (1.0, 1.0)}, ValueError, "codebook"),
+    ({"format": "lut", "codebook": "ab"}, TypeError, "codebook must be a sequence of numbers"),  # before:
+    ({"format": "lut", "codebook": (None, 1.0)}, TypeError, "codebook must be a sequence"),  # float()'s
+    ({"format": "lut", "codebook": 5}, TypeError, "codebook must be a sequence"),  # own errors
     ({"codebook": (0.0, 1.0)}, ValueError, "codebook is only used with format='lut'"),
     ({"rounding": "floor"}, ValueError, "rounding must be one of"),
     ({"granularity": "per-tensor"}, TypeError, "granularity must be one of"),

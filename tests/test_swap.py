@@ -71,6 +71,23 @@ def test_include_patterns(model):
     assert swapped == ["blocks.0.mlp.fc", "blocks.0.mlp.proj", "blocks.1.mlp.fc", "blocks.1.mlp.proj"]
 
 
+def test_patterns_also_match_the_last_name_components(model):
+    """qlab.capture.name_matches: "mlp.fc" selects blocks.*.mlp.fc, "proj" every *.proj (fnmatch on suffixes)."""
+    q = quantize_model(model, QuantRecipe("w8a8"), include="mlp.fc", exclude="nothing")
+    swapped = [n for n, m in q.named_modules() if isinstance(m, W8A8Linear)]
+    assert swapped == ["blocks.0.mlp.fc", "blocks.1.mlp.fc"]
+    q = quantize_model(model, QuantRecipe("w8a8"), exclude=("lm_head", "proj"))
+    assert linear_names(q) == ["blocks.0.attn.proj", "blocks.0.mlp.proj", "blocks.1.attn.proj", "blocks.1.mlp.proj",
+                               "lm_head"]
+
+
+@pytest.mark.parametrize("kwargs, arg", [(dict(include=5), "include"), (dict(exclude=None), "exclude"),
+                                         (dict(exclude=["lm_head", 3]), "exclude"), (dict(include=b"*"), "include")])
+def test_include_and_exclude_must_be_patterns(model, kwargs, arg):
+    with pytest.raises(TypeError, match=rf"^{arg} must be a name pattern \(str\) or a sequence of them"):
+        quantize_model(model, QuantRecipe(bits=4, group_size=32), **kwargs)
+
+
 def test_mixed_precision_mapping(model, idx):
     plan = {"blocks.0.attn.q": QuantRecipe(bits=2, group_size=16), "blocks.1.mlp.fc": QuantRecipe(bits=8, group_size=None),
             "blocks.0.mlp.fc": None}
@@ -165,8 +182,8 @@ def test_model_size_bytes(model):
 
 
 def test_errors_name_the_layer(model):
-    with pytest.raises(ValueError, match=r"no linear layer matched include=\('attn\*',\).*blocks.0.attn.q"):
-        quantize_model(model, QuantRecipe(bits=4), include="attn*")
+    with pytest.raises(ValueError, match=r"no linear layer matched include=\('attention\*',\).*blocks.0.attn.q"):
+        quantize_model(model, QuantRecipe(bits=4), include="attention*")
     with pytest.raises(ValueError, match=r"layer 'blocks.0.attn.q' \(Linear\(in=64, out=64\)\): group_size 128 "
                                          r"does not divide in_features 64; allowed: divisors of 64"):
         quantize_model(model, QuantRecipe(bits=4, group_size=128))

@@ -1,9 +1,21 @@
-"""Training: the schedule, and that a resumed run continues exactly where it stopped."""
+"""Training: the schedule, that a resumed run continues exactly where it stopped, and that a state
+file is read without running code."""
 
 import pytest
 import torch
 
-from qlab.train import TrainConfig, lr_at, train
+from qlab.model import GPT, PRESETS
+from qlab.train import TrainConfig, load_trained_model, lr_at, train
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, "w"): a file that runs code when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -34,3 +46,31 @@ def test_resume_with_other_config_is_refused(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(preset="huge")
+    for field, bad in [("steps", 0), ("steps", 2.5), ("batch_size", -1), ("batch_size", True), ("eval_every", 0),
+                       ("warmup", -1), ("lr", float("nan")), ("grad_clip", -1.0), ("seed", 2**64), ("seed", "1")]:
+        with pytest.raises(ValueError, match=rf"^{field} must be"):
+            TrainConfig(**{field: bad})
+
+
+def test_a_state_file_that_would_run_code_is_refused_not_run(tmp_path):
+    """The resume state is read with weights_only=True: a crafted pickle is refused, naming the file."""
+    marker = tmp_path / "ran"
+    torch.save({"model": RunsCode(marker)}, tmp_path / "train_state.pt")
+    cfg = TrainConfig(preset="tiny", steps=1, batch_size=2, warmup=1)
+    with pytest.raises(ValueError, match=r"train_state\.pt was not loaded: loading it would call io\.open"):
+        train(cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"train_state\.pt was not loaded"):
+        load_trained_model(tmp_path / "train_state.pt")  # what benchmarks/bench_*.py --state read
+    assert not marker.exists()
+    assert train(cfg, tmp_path, resume=False, progress=False)["steps"] == 1  # resume=False ignores it
+
+
+def test_trained_model_of_a_state_file(tmp_path):
+    record = train(TrainConfig(preset="tiny", steps=1, batch_size=2, warmup=1), tmp_path, progress=False)
+    model = load_trained_model(tmp_path / "train_state.pt")
+    assert isinstance(model, GPT) and model.config == PRESETS["tiny"] and not model.training
+    for (n, p), q in zip(record["model"].named_parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a qlab training state"):
+        load_trained_model(tmp_path / "other.pt")

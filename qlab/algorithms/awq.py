@@ -32,7 +32,8 @@ Choices, and how they differ from the reference:
   choice). Foldable linear pairs are found by experiment (``fold.find_linear_fold_pairs``).
 - Layer by layer (``qlab.algorithms.layerwise``): block i is calibrated on the outputs of the already
   quantized blocks 0..i-1 (GPTQ's convention; llm-awq feeds float outputs). Linears outside the
-  blocks (lm_head) stay in float, as in the reference.
+  blocks (lm_head) stay in float, as in the reference. GPT-2's ``Conv1D`` layers are refused by name:
+  ``qlab.hf.conv1d_to_linear`` turns them into ``nn.Linear`` first.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from qlab.algorithms.fold import find_linear_fold_pairs, fold_scales
-from qlab.algorithms.layerwise import (BlockInputs, check_calib_tokens, collect_linear_inputs, find_blocks, linears_in,
-                                      run_layerwise)
+from qlab.algorithms.layerwise import (BlockInputs, check_calib_tokens, check_finite_parameters, collect_linear_inputs,
+                                      errors_name, find_blocks, linears_in, quantizable_block_linears, run_layerwise)
 from qlab.capture import find_norm_linear_groups
 from qlab.granularity import PerGroup, block_reduce
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
@@ -179,7 +180,8 @@ def clipped_qparams(weight: Tensor, spec: QuantSpec, ratio: Optional[Tensor] = N
     lo, hi = block_reduce(w, spec.granularity, "amin"), block_reduce(w, spec.granularity, "amax")
     if ratio is not None:
         cmax = ratio * torch.maximum(-lo, hi)
-        lo, hi = torch.maximum(lo, -cmax), torch.minimum(hi, cmax)
+        # both ends into [-cmax, cmax]: a one-signed group beyond the clip gives lo = hi, never lo > hi
+        lo, hi = torch.clamp(lo, -cmax, cmax), torch.clamp(hi, -cmax, cmax)
     return compute_qparams(lo, hi, spec)
 
 
@@ -202,15 +204,21 @@ class InputStats:
 
     def update(self, x: Tensor) -> None:
         x = x.detach().float().reshape(-1, self.K)  # (M, K)
+        if not torch.isfinite(x).all():
+            raise ValueError("NaN or Inf in the calibration inputs")
+        if self.full:
+            gram = x.t() @ x  # (K, K)
+        else:
+            xb = x.reshape(-1, self.K // self.G, self.G).transpose(0, 1)  # (ng, M, G)
+            gram = xb.transpose(1, 2) @ xb  # (ng, G, G)
+        if not torch.isfinite(gram).all():  # finite inputs: the float32 products overflowed
+            raise ValueError(f"the float32 Gram matrix X^T X overflowed: the calibration inputs are too large "
+                             f"(x x^T exceeds {torch.finfo(torch.float32).max:.3g} once |x| reaches ~1e19)")
         if self.gram.device != x.device:  # the sums live where the activations are
             self.gram, self.abs_sum = self.gram.to(x.device), self.abs_sum.to(x.device)
         self.count += x.shape[0]
         self.abs_sum += x.abs().sum(dim=0).double()  # float32 within a batch, float64 across
-        if self.full:
-            self.gram += (x.t() @ x).double()
-        else:
-            xb = x.reshape(-1, self.K // self.G, self.G).transpose(0, 1)  # (ng, M, G)
-            self.gram += (xb.transpose(1, 2) @ xb).double()
+        self.gram += gram.double()
 
     @property
     def mean_abs(self) -> Tensor:
@@ -274,13 +282,14 @@ class _Settings:
 def _setup(model: nn.Module, calib_tokens: Tensor, bits: int, group_size: Optional[int], symmetric: bool,
            n_grid: int, duo_scaling: bool, inplace: bool) -> tuple[nn.Module, Tensor, _Settings]:
     """Checks every argument, copies the model unless ``inplace``."""
-    tokens = check_calib_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens, model)
     spec = weight_spec(bits, group_size, symmetric)
     if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
         raise ValueError(f"n_grid must be a positive int, got {n_grid!r}")
-    for name, lin in linears_in(find_blocks(model)).items():
+    for name, lin in quantizable_block_linears(model, find_blocks(model), "AWQ").items():
         if group_size is not None and lin.in_features % group_size:
             raise ValueError(f"group_size {group_size} does not divide in_features {lin.in_features} of {name}")
+    check_finite_parameters(model)
     return (model if inplace else copy.deepcopy(model)), tokens, _Settings(spec, group_size, n_grid, duo_scaling)
 
 
@@ -304,22 +313,24 @@ def _scale_block(model: nn.Module, block: nn.Module, inputs: BlockInputs, groups
     stats = {n: InputStats(linears[n].in_features, cfg.group_size or linears[n].in_features, full=n in scaled)
              for n in set(shared.values())}
     order: dict[str, int] = {}  # running order, to scale the groups as the data flows
+    prefix = {m: n for n, m in modules.items()}
 
     def record(name: str, x: Tensor) -> None:
         order.setdefault(name, len(order))
-        stats[name].update(x)
+        with errors_name(prefix[linears[name]]):
+            stats[name].update(x)
 
     collect_linear_inputs(block, inputs, sorted(stats), record)
-    prefix = {m: n for n, m in modules.items()}
     for prev, rs in sorted(plan, key=lambda g: order[g[1][0]]):
         st = stats[rs[0]]
-        weight = torch.cat([linears[r].weight for r in rs])  # (sum of N, K)
-        ratios, losses, s = search_scales(st.mean_abs, st.gram, st.count, weight, _grouped(cfg.spec, st.K),
-                                          n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling)
-        fold_scales(modules[prev], [linears[r] for r in rs], s.to(weight.dtype))
+        readers = [prefix[linears[r]] for r in rs]
+        with errors_name(f"{prev} -> {', '.join(readers)}"):
+            weight = torch.cat([linears[r].weight for r in rs])  # (sum of N, K)
+            ratios, losses, s = search_scales(st.mean_abs, st.gram, st.count, weight, _grouped(cfg.spec, st.K),
+                                              n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling)
+            fold_scales(modules[prev], [linears[r] for r in rs], s.to(weight.dtype))
         st.divide_inputs(s)
-        report.scale_searches.append(ScaleSearch(prev, [prefix[linears[r]] for r in rs], ratios, losses,
-                                                 float(ratios[losses.argmin()]), s))
+        report.scale_searches.append(ScaleSearch(prev, readers, ratios, losses, float(ratios[losses.argmin()]), s))
     return stats, shared
 
 
@@ -351,9 +362,9 @@ def awq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4, gr
     ``clip_skip``: last name components of the linears left unclipped (q / k projections).
     """
     t0 = time.perf_counter()
-    model, tokens, cfg = _setup(model, calib_tokens, bits, group_size, symmetric, n_grid, duo_scaling, inplace)
     if not 0.0 < max_shrink < 1.0:
         raise ValueError(f"max_shrink must lie in (0, 1), got {max_shrink!r}")
+    model, tokens, cfg = _setup(model, calib_tokens, bits, group_size, symmetric, n_grid, duo_scaling, inplace)
     names = {m: n for n, m in model.named_modules()}
     groups, report = scaling_groups(model, tokens[:1, :32]), AWQReport()
     swaps: list[tuple[nn.Module, str, WeightOnlyLinear]] = []
@@ -361,14 +372,16 @@ def awq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4, gr
     def process_block(i: int, block: nn.Module, inputs: BlockInputs) -> None:
         stats, shared = _scale_block(model, block, inputs, groups, cfg, report)
         for name, lin in linears_in(block).items():
-            ratio, spec = None, _grouped(cfg.spec, lin.in_features)
-            if clip and name.rpartition(".")[2] not in clip_skip:
-                st = stats[shared[name]]
-                ratio, _ = search_clip(lin.weight, st.blocks(), st.count, spec, n_grid=n_grid, max_shrink=max_shrink)
-                report.clip_ratios[names[lin]] = ratio
-            scale, zero_point = clipped_qparams(lin.weight, spec, ratio)
-            layer = WeightOnlyLinear.from_float(lin, bits, group_size, symmetric, scale=scale,
-                                                zero_point=None if symmetric else zero_point)
+            with errors_name(names[lin]):
+                ratio, spec = None, _grouped(cfg.spec, lin.in_features)
+                if clip and name.rpartition(".")[2] not in clip_skip:
+                    st = stats[shared[name]]
+                    ratio, _ = search_clip(lin.weight, st.blocks(), st.count, spec, n_grid=n_grid,
+                                           max_shrink=max_shrink)
+                    report.clip_ratios[names[lin]] = ratio
+                scale, zero_point = clipped_qparams(lin.weight, spec, ratio)
+                layer = WeightOnlyLinear.from_float(lin, bits, group_size, symmetric, scale=scale,
+                                                    zero_point=None if symmetric else zero_point)
             # The next blocks are calibrated on this block's quantized outputs. Until the end, the float
             # linear holds the dequantized weight: the same numbers, without unpacking codes on every call.
             lin.weight.copy_(layer.dequantized_weight(lin.weight.dtype))

@@ -62,7 +62,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from qlab.algorithms.layerwise import (BlockInputs, collect_linear_inputs, find_blocks, input_groups, linears_in,
+from qlab.algorithms.layerwise import (BlockInputs, check_finite_parameters, collect_linear_inputs, errors_name,
+                                       find_blocks, input_groups, linears_in, quantizable_block_linears,
                                        run_layerwise)
 from qlab.granularity import PerAxis, PerGroup, PerTensor, PerToken
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
@@ -145,8 +146,9 @@ class GPTQResult:
 
 
 def _check_problem(W: Tensor, H: Tensor, percdamp: float) -> torch.dtype:
-    if not isinstance(W, Tensor) or W.dim() != 2 or not W.is_floating_point():
-        raise ValueError(f"W must be a float (out, in) matrix, got {getattr(W, 'shape', type(W).__name__)}")
+    if not isinstance(W, Tensor) or W.dim() != 2 or not W.is_floating_point() or 0 in W.shape:
+        raise ValueError(f"W must be a non-empty float (out, in) matrix, got "
+                         f"{tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__}")
     K = W.shape[1]
     if not isinstance(H, Tensor) or tuple(H.shape) != (K, K):
         raise ValueError(f"H must be a ({K}, {K}) tensor for W of shape {tuple(W.shape)}, "
@@ -300,6 +302,9 @@ class GPTQ:
     def __init__(self, layer: nn.Linear, name: str = "linear") -> None:
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
+        if layer.in_features == 0 or layer.out_features == 0:
+            raise ValueError(f"{name}: a layer with in_features K = {layer.in_features} and out_features "
+                             f"N = {layer.out_features} has no weights to quantize (K and N must be >= 1)")
         self.layer, self.name = layer, name
         K = layer.in_features
         self.H = torch.zeros(K, K, device=layer.weight.device)           # (K, K) running average
@@ -312,18 +317,28 @@ class GPTQ:
         if x.shape[1] != self.H.shape[0]:
             raise ValueError(f"{self.name}: inputs have {x.shape[1]} features, the layer takes {self.H.shape[0]}")
         m = x.shape[0]
+        if m == 0:
+            return  # no tokens: nothing to average in
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{self.name}: NaN or Inf in the calibration inputs")
         self.H.mul_(self.nsamples / (self.nsamples + m))
         self.nsamples += m
         self.H.addmm_(x.t(), x, alpha=2.0 / self.nsamples)
 
+    def hessian(self) -> Tensor:
+        """The accumulated H (K, K); a ValueError when no input came or when its float32 sums overflowed."""
+        if self.nsamples == 0:
+            raise ValueError(f"{self.name}: no calibration inputs; call add_batch() first")
+        if not torch.isfinite(self.H).all():  # the inputs were finite (add_batch checks): x x^T overflowed
+            raise ValueError(f"{self.name}: the float32 Hessian overflowed: the calibration inputs are too large "
+                             f"(x x^T exceeds {torch.finfo(torch.float32).max:.3g} once |x| reaches ~1e19); "
+                             f"scale them down")
+        return self.H
+
     def quantize(self, spec: SpecLike, *, blocksize: int = 128, percdamp: float = 0.01,
                  act_order: bool = False, static_groups: bool = False) -> GPTQResult:
         """GPTQ of the layer's weight with the accumulated H (the layer itself is not modified)."""
-        if self.nsamples == 0:
-            raise ValueError(f"{self.name}: no calibration inputs; call add_batch() first")
-        if not torch.isfinite(self.H).all():  # checked once here: NaN / Inf inputs propagate into H
-            raise ValueError(f"{self.name}: NaN or Inf in the calibration inputs")
-        return gptq(self.layer.weight, self.H, spec, blocksize=blocksize, percdamp=percdamp,
+        return gptq(self.layer.weight, self.hessian(), spec, blocksize=blocksize, percdamp=percdamp,
                     act_order=act_order, static_groups=static_groups, name=self.name)
 
 
@@ -358,6 +373,7 @@ def gptq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4,
 
     ``calib_tokens``: (n, T) token ids (``qlab.corpus.calibration_samples(128)``). ``group_size=None``:
     per output channel. Linears outside the blocks (``lm_head``) stay float, as in the reference.
+    GPT-2's ``Conv1D`` is refused by name: convert it first with ``qlab.hf.conv1d_to_linear``.
     ``true_sequential``: see the module docstring (False: every linear of a block is calibrated on
     the float block's inputs, in one pass; on qlab's small model the two perplexities differ by less
     than 0.2 %, either way). Returns a copy unless ``inplace=True``.
@@ -365,11 +381,12 @@ def gptq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4,
     the fastest way to feed the next steps); the ``WeightOnlyLinear``s are swapped in at the end.
     """
     spec = as_gptq_spec((bits, group_size, symmetric))
+    _check_layers(model, find_blocks(model), calib_tokens, spec)          # on the caller's model: before any copy
+    check_finite_parameters(model)
     if not inplace:
         model = copy.deepcopy(model)
     blocks = find_blocks(model)
     prefix = next(n for n, m in model.named_modules() if m is blocks)  # "blocks", "model.layers", ...
-    _check_layers(model, blocks, calib_tokens, spec)
     results: dict[str, GPTQResult] = {}  # qualified linear name -> its GPTQ result
 
     def process_block(i: int, block: nn.Module, inputs: BlockInputs) -> None:
@@ -383,9 +400,10 @@ def gptq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4,
                                   lambda n, x: hessians[n].add_batch(x) if n in hessians else None)
             for n in step:
                 name = f"{prefix}.{i}.{n}"
-                results[name] = gptq(linears[n].weight, hessians[leader[n]].H, spec, blocksize=blocksize,
-                                     percdamp=percdamp, act_order=act_order, static_groups=static_groups,
-                                     name=name)
+                with errors_name(name):
+                    results[name] = gptq(linears[n].weight, hessians[leader[n]].hessian(), spec, blocksize=blocksize,
+                                         percdamp=percdamp, act_order=act_order, static_groups=static_groups,
+                                         name=name)
                 linears[n].weight.data.copy_(results[name].weight_q)    # later steps see the grid weights
 
     run_layerwise(model, calib_tokens, process_block, batch_size=batch_size,
@@ -396,11 +414,9 @@ def gptq_quantize_model(model: nn.Module, calib_tokens: Tensor, bits: int = 4,
 
 
 def _check_layers(model: nn.Module, blocks: nn.ModuleList, calib_tokens: Tensor, spec: QuantSpec) -> None:
-    """Fail early on a group size that does not fit a layer; warn when H must be rank-deficient."""
-    in_blocks = {id(m) for m in blocks.modules()}
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in in_blocks}
-    if not linears:
-        raise ValueError("the model's blocks hold no nn.Linear to quantize (GPT-2's Conv1D is not one)")
+    """Fail early on a layer GPTQ cannot take (Conv1D) or a group size that does not fit one; warn when H
+    must be rank-deficient."""
+    linears = quantizable_block_linears(model, blocks, "GPTQ")
     for name, lin in linears.items():
         G = spec.granularity.group_size if isinstance(spec.granularity, PerGroup) else lin.in_features
         if lin.in_features % G:

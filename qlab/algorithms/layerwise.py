@@ -24,12 +24,18 @@ a callback and stops the block's forward as soon as the last wanted linear has r
 
 Hugging Face models: call them through ``qlab.hf.wrap_hf_causal_lm`` (``use_cache=False``). Any KV
 cache object found among a block's arguments is dropped anyway (a block replayed with a cache would
-attend to its own earlier calls).
+attend to its own earlier calls). GPT-2's ``Conv1D`` layers are refused by name
+(``quantizable_block_linears``): convert them with ``qlab.hf.conv1d_to_linear`` first.
+
+The checks the calibration algorithms share live here too: token ids within the model's vocabulary
+(``check_calib_tokens``), finite parameters (``check_finite_parameters``), and ``errors_name`` to put
+the layer's name in front of any error raised while it is processed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -79,6 +85,21 @@ def linears_in(block: nn.Module) -> dict[str, nn.Linear]:
     GPT-2's ``Conv1D`` (weight stored as (in, out)) is not an ``nn.Linear`` and is not listed.
     """
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def quantizable_block_linears(model: nn.Module, blocks: nn.ModuleList, method: str) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` inside ``blocks`` by its name in ``model``; a TypeError naming any other linear-like
+    layer there (GPT-2's ``Conv1D``), which ``method`` would otherwise leave in float without a word."""
+    inside = {id(m) for m in blocks.modules()}
+    found = {n: m for n, m in model.named_modules() if id(m) in inside and is_linear_like(m)}
+    for name, module in found.items():
+        if not isinstance(module, nn.Linear):
+            kind = f"{type(module).__module__}.{type(module).__name__}"
+            raise TypeError(f"{method} supports nn.Linear; {name} is a {kind} (weight stored as (in, out)): "
+                            f"convert the model with qlab.hf.conv1d_to_linear(model) first")
+    if not found:
+        raise ValueError(f"the model's blocks hold no nn.Linear for {method} to quantize")
+    return found
 
 
 # ----------------------------------------------------------------------------- the inputs of a block
@@ -163,14 +184,51 @@ def _check_finite(hidden: Sequence[Tensor], where: str) -> None:
                              f"(check the model's weights and the calibration tokens)")
 
 
-def check_calib_tokens(calib_tokens: Tensor) -> Tensor:
-    """A non-empty (n_samples, T) integer tensor of token ids, as int64; a clear error otherwise."""
+def check_calib_tokens(calib_tokens: Tensor, model: Optional[nn.Module] = None) -> Tensor:
+    """A non-empty (n_samples, T) integer tensor of token ids, as int64; a clear error otherwise.
+
+    With ``model``, the ids must also lie in its vocabulary (``model.config.vocab_size``, when it has one).
+    """
     if not isinstance(calib_tokens, Tensor) or calib_tokens.is_floating_point() or calib_tokens.dtype == torch.bool:
         raise TypeError("calib_tokens must be an integer tensor of token ids, shape (n_samples, T)")
     if calib_tokens.dim() != 2 or calib_tokens.shape[0] == 0 or calib_tokens.shape[1] == 0:
         raise ValueError(f"calib_tokens must be a non-empty (n_samples, T) tensor, got shape "
                          f"{tuple(calib_tokens.shape)}; use e.g. qlab.corpus.calibration_samples(128)")
+    if model is not None:
+        _check_vocabulary(calib_tokens, model)
     return calib_tokens.long()
+
+
+def _check_vocabulary(tokens: Tensor, model: nn.Module) -> None:
+    """Token ids in [0, vocab_size) of the model's config (the embedding would raise an IndexError)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int) or tokens.numel() == 0:
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"calib_tokens must hold token ids in [0, {vocab}) (the model's vocab_size), "
+                         f"got ids from {lo} to {hi}")
+
+
+def check_finite_parameters(model: nn.Module) -> None:
+    """A ValueError naming the first parameter of ``model`` holding NaN or Inf: calibration would fail
+    somewhere later with a message about a symptom, or quietly produce NaN scales."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            raise ValueError(f"{name} contains {bad} NaN or Inf values: calibration needs a finite model")
+
+
+@contextmanager
+def errors_name(layer: str) -> Iterator[None]:
+    """Re-raise a ValueError / TypeError from inside the ``with`` as ``"{layer}: {message}"`` (unless the
+    message names the layer already), so that an error met while processing a layer says which."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if layer in str(err) or type(err) not in (ValueError, TypeError):  # subclasses: other constructors
+            raise
+        raise type(err)(f"{layer}: {err}") from err
 
 
 def _as_batches(calib_tokens: Tensor, batch_size: int) -> list[Tensor]:
@@ -198,6 +256,7 @@ def capture_block_inputs(model: nn.Module, calib_tokens: Tensor, *, batch_size: 
                          blocks: Optional[nn.ModuleList] = None) -> BlockInputs:
     """Run ``model`` on every batch of ``calib_tokens`` up to its first block; return that block's inputs."""
     batches = _as_batches(calib_tokens, batch_size)
+    _check_vocabulary(calib_tokens, model)
     blocks = find_blocks(model) if blocks is None else blocks
     device = next(model.parameters()).device
     captured: list[tuple[tuple, dict]] = []

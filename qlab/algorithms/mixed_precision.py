@@ -34,7 +34,6 @@ per-layer sensitivities). This module does the simplest honest version of that r
 from __future__ import annotations
 
 import copy
-import fnmatch
 import functools
 import math
 import time
@@ -48,7 +47,7 @@ import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from qlab.capture import is_linear_like
+from qlab.capture import check_patterns, is_linear_like, name_matches
 from qlab.corpus import load_corpus
 from qlab.evaluate import FAST_WINDOWS, eval_windows, perplexity, perplexity_on
 from qlab.layers.base import QuantizedLinear
@@ -157,13 +156,15 @@ def _as_recipes(candidates: Sequence[Candidate], group_size: Optional[int]) -> t
     return tuple(recipes)
 
 
-def selected_linears(model: nn.Module, include: Sequence[str], exclude: Sequence[str]) -> dict[str, nn.Module]:
-    """The linear layers an include / exclude pair of fnmatch patterns selects (quantize_model's rule)."""
+def selected_linears(model: nn.Module, include: Union[str, Sequence[str]],
+                     exclude: Union[str, Sequence[str]]) -> dict[str, nn.Module]:
+    """The linear layers an include / exclude pair of name patterns selects (``qlab.capture.name_matches``,
+    quantize_model's rule)."""
+    include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
     linears = {n: m for n, m in model.named_modules() if n and is_linear_like(m)}
-    chosen = {n: m for n, m in linears.items() if any(fnmatch.fnmatchcase(n, p) for p in include)
-              and not any(fnmatch.fnmatchcase(n, p) for p in exclude)}
+    chosen = {n: m for n, m in linears.items() if name_matches(n, include) and not name_matches(n, exclude)}
     if not chosen:
-        raise ValueError(f"no linear layer matched include={tuple(include)}, exclude={tuple(exclude)}; "
+        raise ValueError(f"no linear layer matched include={include}, exclude={exclude}; "
                          f"linear layers: {list(linears)}")
     return chosen
 
@@ -183,8 +184,8 @@ def _weight_bits(layer: nn.Module, n_weights: int) -> float:
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, candidates: Sequence[Candidate] = (2, 3, 4, 8), *,
-                      group_size: Optional[int] = 128, include: Sequence[str] = ("*",),
-                      exclude: Sequence[str] = ("lm_head",), split: str = "val", mode: str = "fast",
+                      group_size: Optional[int] = 128, include: Union[str, Sequence[str]] = ("*",),
+                      exclude: Union[str, Sequence[str]] = ("lm_head",), split: str = "val", mode: str = "fast",
                       n_windows: int = FAST_WINDOWS, progress: bool = False) -> LayerSensitivity:
     """Quantize each selected linear alone with each candidate and measure the log-perplexity change.
 
@@ -198,8 +199,6 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[Candidate] = (2, 3,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     recipes = _as_recipes(candidates, group_size)
-    include = (include,) if isinstance(include, str) else tuple(include)
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     t0 = time.perf_counter()
     linears = selected_linears(model, include, exclude)
     names = list(linears)

@@ -27,7 +27,6 @@ computes what was trained.
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Sequence
 from typing import Union
 
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from qlab.capture import is_linear_like
+from qlab.capture import check_patterns, is_linear_like, name_matches
 from qlab.corpus import load_corpus
 from qlab.layers.base import float_weight_and_bias
 from qlab.layers.swap import QuantRecipe
@@ -112,16 +111,14 @@ def qat_layers(model: nn.Module) -> dict[str, QATLinear]:
 def prepare_qat(model: nn.Module, spec: SpecLike, *, include: Union[str, Sequence[str]] = ("*",),
                 exclude: Union[str, Sequence[str]] = ("lm_head",), ste: str = "plain",
                 inplace: bool = False) -> nn.Module:
-    """Swap the matching linear layers (fnmatch on names, as ``quantize_model``) for ``QATLinear``s."""
+    """Swap the matching linear layers (name patterns, as ``quantize_model``) for ``QATLinear``s."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     spec = as_weight_spec(spec)
-    include = (include,) if isinstance(include, str) else tuple(include)
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
     target = model if inplace else copy.deepcopy(model)
     linears = {n: m for n, m in target.named_modules() if n and is_linear_like(m) and not isinstance(m, QATLinear)}
-    names = [n for n in linears if any(fnmatch.fnmatchcase(n, p) for p in include)
-             and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    names = [n for n in linears if name_matches(n, include) and not name_matches(n, exclude)]
     if not names:
         raise ValueError(f"no linear layer matched include={include}, exclude={exclude}; "
                          f"linear layers: {list(linears)}")

@@ -11,10 +11,12 @@ SmoothQuant divides every input channel j by a factor s_j and multiplies the mat
     s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha)          (max|W_j| and s_j clamped at 1e-5)
 
 where ``max|X_j|`` is the channel's absmax over the calibration tokens and ``max|W_j|`` the largest
-|weight| of column j over every linear that reads the same norm. ``alpha`` sets how much difficulty moves:
-alpha = 0.5 equalises the per-channel maxima of activations and weights (both become
-``sqrt(max|X_j| max|W_j|)``), alpha = 1 makes every activation channel's max 1, alpha = 0 every weight
-column's. 1/s is folded into the preceding LayerNorm (``qlab.algorithms.fold``), so smoothing is free.
+|weight| of input column j over every linear that reads the same norm (``nn.Linear`` or GPT-2's
+``Conv1D``, whose (in, out) weight is read as (out, in) through ``qlab.capture.linear_weight``).
+``alpha`` sets how much difficulty moves: alpha = 0.5 equalises the per-channel maxima of activations
+and weights (both become ``sqrt(max|X_j| max|W_j|)``), alpha = 1 makes every activation channel's max 1,
+alpha = 0 every weight column's. 1/s is folded into the preceding LayerNorm (``qlab.algorithms.fold``),
+so smoothing is free.
 
 Then W8A8 (the reference's ``quantize_opt``): weights per output channel absmax/127, activations absmax/127
 per token (dynamic) or per tensor (static, from the calibration absmax). lm_head stays in float.
@@ -30,7 +32,6 @@ the search cannot, on its calibration rows.
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
@@ -41,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qlab.algorithms.fold import fold_scales
-from qlab.algorithms.layerwise import check_calib_tokens
-from qlab.capture import find_norm_linear_groups, linear_layers
+from qlab.algorithms.layerwise import check_calib_tokens, check_finite_parameters, errors_name
+from qlab.capture import check_patterns, find_norm_linear_groups, linear_layers, linear_weight, name_matches
 from qlab.granularity import PerAxis, PerTensor, PerToken
 from qlab.layers.swap import quantize_model
 from qlab.layers.w8a8 import W8A8Linear
@@ -130,7 +131,7 @@ def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *
 
     (The ``absmax`` of ``qlab.capture.capture_activations``, with only this statistic: one cheap hook.)
     """
-    return _input_stats(model, check_calib_tokens(calib_tokens), names, batch_size=batch_size)[0]
+    return _input_stats(model, check_calib_tokens(calib_tokens, model), names, batch_size=batch_size)[0]
 
 
 def _input_stats(model: nn.Module, tokens: Tensor, names: Sequence[str], *, batch_size: int,
@@ -159,32 +160,40 @@ def _input_stats(model: nn.Module, tokens: Tensor, names: Sequence[str], *, batc
     return absmax, {n: torch.cat(r)[:max_rows] for n, r in rows.items()}
 
 
-def _excluded(name: str, exclude: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in exclude)
+def _group_name(norm: str, linears: Sequence[str]) -> str:
+    return f"{norm} -> {', '.join(linears)}"
 
 
 def smoothing_groups(model: nn.Module, absmax: dict[str, Tensor], example_input: Tensor,
-                     exclude: Sequence[str] = ("lm_head",)) -> list[SmoothingGroup]:
+                     exclude: Union[str, Sequence[str]] = ("lm_head",)) -> list[SmoothingGroup]:
     """The norm -> linears groups of ``model`` with their statistics.
 
-    A norm read by an excluded linear (fnmatch patterns; by default ``ln_f -> lm_head``) is not smoothed:
-    every reader of a smoothed norm must take the scale, and an excluded layer stays as it is.
+    A norm read by an excluded linear (name patterns, ``qlab.capture.name_matches``; by default
+    ``ln_f -> lm_head``) is not smoothed: every reader of a smoothed norm must take the scale, and an
+    excluded layer stays as it is.
     """
+    exclude = check_patterns(exclude, "exclude")
     modules = dict(model.named_modules())
     groups = []
     for norm, linears in find_norm_linear_groups(model, example_input).items():
-        if any(_excluded(n, exclude) for n in linears):
+        if any(name_matches(n, exclude) for n in linears):
             continue
-        w = torch.stack([modules[n].weight.detach().abs().amax(dim=0).float() for n in linears])  # (L, C)
+        w = torch.stack([linear_weight(modules[n]).detach().abs().amax(dim=0).float() for n in linears])  # (L, C)
         groups.append(SmoothingGroup(norm, linears, absmax[linears[0]], w.amax(dim=0)))
     return groups
 
 
-def collect_smoothing_groups(model: nn.Module, calib_tokens: Tensor, *, exclude: Sequence[str] = ("lm_head",),
+def collect_smoothing_groups(model: nn.Module, calib_tokens: Tensor, *,
+                             exclude: Union[str, Sequence[str]] = ("lm_head",),
                              batch_size: int = 32) -> list[SmoothingGroup]:
-    """Calibrate once (e.g. for the notebook's slider): every norm group with its activation and weight maxima."""
-    tokens = check_calib_tokens(calib_tokens)
-    names = [n for n in linear_layers(model) if not _excluded(n, exclude)]
+    """Calibrate once (e.g. for the notebook's slider): every norm group with its activation and weight maxima.
+
+    ``model`` is only run, not modified.
+    """
+    tokens = check_calib_tokens(calib_tokens, model)
+    exclude = check_patterns(exclude, "exclude")
+    check_finite_parameters(model)
+    names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
     absmax = input_absmax(model, tokens, names, batch_size=batch_size)
     return smoothing_groups(model, absmax, tokens[:1, :16], exclude)
 
@@ -244,7 +253,7 @@ def group_rows(model: nn.Module, calib_tokens: Tensor, groups: Sequence[Smoothin
                max_rows: int = 2048, batch_size: int = 32) -> dict[str, Tensor]:
     """norm -> (<= max_rows, C) input rows of its group, every k-th token of the calibration set."""
     readers = [g.linears[0] for g in groups]
-    _, rows = _input_stats(model, check_calib_tokens(calib_tokens), (), batch_size=batch_size, rows_of=readers,
+    _, rows = _input_stats(model, check_calib_tokens(calib_tokens, model), (), batch_size=batch_size, rows_of=readers,
                            max_rows=max_rows)
     return {g.norm: rows[g.linears[0]] for g in groups}
 
@@ -265,18 +274,23 @@ def search_alphas(model: nn.Module, calib_tokens: Tensor, groups: Sequence[Smoot
         rows = group_rows(model, calib_tokens, groups, max_rows=max_rows, batch_size=batch_size)
     out = []
     for g in groups:
-        linears = [model.get_submodule(n) for n in g.linears]
-        weight = torch.cat([m.weight.detach() for m in linears]).float()
-        bias = (torch.cat([m.bias.detach() for m in linears]).float()
-                if all(m.bias is not None for m in linears) else None)
-        x = rows[g.norm]
-        y_ref = F.linear(x, weight, bias)
-        naive = w8a8_group_error(x, weight, bias, torch.ones_like(g.act_absmax), act, g.act_absmax, y_ref)
-        errors = tuple(w8a8_group_error(x, weight, bias, smoothing_scales(g.act_absmax, g.weight_absmax, a), act,
-                                        g.act_absmax, y_ref) for a in alphas)
-        best = min(range(len(alphas)), key=errors.__getitem__)
-        out.append(AlphaSearch(g.norm, alphas, errors, naive, alphas[best] if errors[best] < naive else None))
+        with errors_name(_group_name(g.norm, g.linears)):
+            out.append(_search_group(model, g, rows[g.norm], act, alphas))
     return out
+
+
+def _search_group(model: nn.Module, g: SmoothingGroup, x: Tensor, act: str, alphas: tuple[float, ...]) -> AlphaSearch:
+    """``search_alphas`` for one group, on its sampled input rows x (M, C)."""
+    linears = [model.get_submodule(n) for n in g.linears]
+    weight = torch.cat([linear_weight(m).detach() for m in linears]).float()   # (sum of N, C)
+    bias = (torch.cat([m.bias.detach() for m in linears]).float()
+            if all(m.bias is not None for m in linears) else None)
+    y_ref = F.linear(x, weight, bias)
+    naive = w8a8_group_error(x, weight, bias, torch.ones_like(g.act_absmax), act, g.act_absmax, y_ref)
+    errors = tuple(w8a8_group_error(x, weight, bias, smoothing_scales(g.act_absmax, g.weight_absmax, a), act,
+                                    g.act_absmax, y_ref) for a in alphas)
+    best = min(range(len(alphas)), key=errors.__getitem__)
+    return AlphaSearch(g.norm, alphas, errors, naive, alphas[best] if errors[best] < naive else None)
 
 
 # ----------------------------------------------------------------------------- applying it
@@ -296,27 +310,27 @@ def apply_smoothing(model: nn.Module, groups: Sequence[SmoothingGroup],
         if a is None:
             scales[g.norm] = torch.ones_like(g.act_absmax)
             continue
-        s = smoothing_scales(g.act_absmax, g.weight_absmax, a)
-        fold_scales(modules[g.norm], [modules[n] for n in g.linears], s)
+        with errors_name(_group_name(g.norm, g.linears)):
+            s = smoothing_scales(g.act_absmax, g.weight_absmax, a)
+            fold_scales(modules[g.norm], [modules[n] for n in g.linears], s)
         scales[g.norm] = s
     return scales
 
 
 def smooth_model(model: nn.Module, calib_tokens: Tensor, alpha: float = 0.5, *, inplace: bool = False,
-                 exclude: Sequence[str] = ("lm_head",), batch_size: int = 32) -> nn.Module:
+                 exclude: Union[str, Sequence[str]] = ("lm_head",), batch_size: int = 32) -> nn.Module:
     """The smoothed float model (same function, easier activations); a copy unless ``inplace``."""
     _check_alpha(alpha)
-    check_calib_tokens(calib_tokens)
+    groups = collect_smoothing_groups(model, calib_tokens, exclude=exclude, batch_size=batch_size)
     if not inplace:
         model = copy.deepcopy(model)
-    groups = collect_smoothing_groups(model, calib_tokens, exclude=exclude, batch_size=batch_size)
     apply_smoothing(model, groups, alpha)
     return model
 
 
 def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Union[float, str] = 0.5,
                                act: Literal["per_token", "per_tensor"] = "per_token", *,
-                               exclude: Sequence[str] = ("lm_head",), inplace: bool = False,
+                               exclude: Union[str, Sequence[str]] = ("lm_head",), inplace: bool = False,
                                batch_size: int = 32, search_rows: int = 2048) -> nn.Module:
     """SmoothQuant W8A8: smooth with ``alpha``, then every linear (but ``exclude``) -> ``W8A8Linear``.
 
@@ -330,10 +344,12 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
         _check_alpha(alpha)
     if act not in ACT_MODES:
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
-    tokens = check_calib_tokens(calib_tokens)
+    tokens = check_calib_tokens(calib_tokens, model)
+    exclude = check_patterns(exclude, "exclude")
+    check_finite_parameters(model)
     if not inplace:
         model = copy.deepcopy(model)
-    names = [n for n in linear_layers(model) if not _excluded(n, exclude)]
+    names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
     # One calibration pass: the maxima (K,) of every linear's input before smoothing and, for "auto", the
     # rows the search needs (those of the first linear reading each norm)
     readers = ([ls[0] for ls in find_norm_linear_groups(model, tokens[:1, :16]).values()]
@@ -355,4 +371,4 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
             return W8A8Linear.from_float(linear, act="dynamic")
         return W8A8Linear.from_float(linear, act="static", act_scale=(amax[name] / 127).clamp(min=EPS))
 
-    return quantize_model(model, build, exclude=tuple(exclude), inplace=True)
+    return quantize_model(model, build, exclude=exclude, inplace=True)

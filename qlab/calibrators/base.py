@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qlab.quantize import check_float_tensor
+
 
 @dataclass(frozen=True)
 class CalibrationResult:
@@ -85,12 +87,7 @@ class Calibrator(ABC):
 
 def check_input(x: Tensor) -> Tensor:
     """Validate a calibration batch and return it detached as float32 (what torch.ao observers use)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"x is empty (shape {tuple(x.shape)}); a calibrator needs at least one value")
+    check_float_tensor(x)  # the quantizer's own boundary check: type, dtype, meta, empty, float32 range
     x = x.detach().to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or Inf; calibrate on finite values only")

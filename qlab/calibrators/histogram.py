@@ -17,6 +17,9 @@ Consequences worth knowing (tested in tests/test_calibrators.py):
   ones; feed the batch with the largest values first (or one big batch) to avoid it.
 - Until a nonzero value arrives there is no width; zeros are counted and placed in bin 0 later. If only
   zeros were ever seen, the calibrators report amax = 0.
+- A batch that would need more than MAX_BINS bins (2^24; e.g. |x| = 1e30 after a first batch of 1e-3)
+  is refused with a ValueError, and leaves the histogram as it was.
+- Any finite magnitude works, float32 subnormals included (see `bin_index`).
 
 Differences from the reference, on purpose: counts are exact int64 (the reference accumulates float32
 `torch.histc` counts, exact only up to 2**24 per bin), and the grown edges are `k * width` exactly
@@ -29,9 +32,14 @@ import math
 from abc import abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from qlab.calibrators.base import CalibrationResult, Calibrator, check_input, check_int
+from qlab.quantize import F32_MAX
+
+MAX_BINS = 1 << 24  # 128 MB of int64 counts: a later batch this far beyond the first is refused
+_MIN_WIDTH_EXP = -100  # bin widths below 2^-100 are scaled up before the float32 division
 
 
 class AbsHistogram:
@@ -67,31 +75,53 @@ class AbsHistogram:
         return edges
 
     def update(self, x: Tensor) -> None:
-        """Add the float32 values of x (already checked, see `check_input`)."""
-        lo, hi = torch.aminmax(x)
-        self.min_seen = min(self.min_seen, lo.item())
-        self.max_seen = max(self.max_seen, hi.item())
-        amax = max(-lo.item(), hi.item())  # max |x| of this batch
+        """Add the float32 values of x (already checked, see `check_input`).
 
-        if self.counts is None:
-            if amax == 0.0:  # no width can be chosen yet: remember the zeros
-                self.pending_zeros += x.numel()
-                return
-            self.width, self.top = amax / self.num_bins, amax
-            self.counts = torch.zeros(self.num_bins, dtype=torch.int64)
-            self.counts[0] += self.pending_zeros
-            self.pending_zeros = 0
-        elif amax > self.top:  # extend with bins of the same width
-            n_new = max(math.ceil(amax / self.width), self.counts.numel() + 1)
-            grown = torch.zeros(n_new, dtype=torch.int64)
-            grown[: self.counts.numel()] = self.counts
-            self.counts = grown
-            self.top = max(n_new * self.width, amax)
+        Everything is computed before the state changes: a batch that is refused leaves no trace.
+        """
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        amax = max(-lo, hi)  # max |x| of this batch
+        if self.counts is None and amax == 0.0:  # no width can be chosen yet: remember the zeros
+            self.pending_zeros += x.numel()
+        else:
+            self._count(x, amax)
+        self.min_seen, self.max_seen = min(self.min_seen, lo), max(self.max_seen, hi)
 
-        n = self.counts.numel()
-        # bin index floor(|x| / width); the max lands exactly on the top edge: put it in the last bin
-        idx = (x.abs() / self.width).long().clamp_(max=n - 1)
-        self.counts += torch.bincount(idx.flatten(), minlength=n)
+    def _count(self, x: Tensor, amax: float) -> None:
+        """Count x, first choosing the bins (first nonzero batch) or extending them up to amax."""
+        counts, width, top = self.counts, self.width, self.top
+        if counts is None:
+            width, top = amax / self.num_bins, amax
+            counts = torch.zeros(self.num_bins, dtype=torch.int64)
+            counts[0] = self.pending_zeros
+        elif amax > top:  # extend with bins of the same width
+            n_new = max(math.ceil(amax / width), counts.numel() + 1)
+            if n_new > MAX_BINS:
+                raise ValueError(
+                    f"x reaches |x| = {amax:.4g}, which needs {n_new} bins of this histogram's width "
+                    f"{width:.4g} (set by the first batch; at most {MAX_BINS}): calibrate on the batch "
+                    f"with the largest values first, or call reset()")
+            counts = F.pad(counts, (0, n_new - counts.numel()))
+            top = min(max(n_new * width, amax), F32_MAX)  # the edges stay float32 numbers
+        n = counts.numel()
+        # the max lands exactly on the top edge: put it in the last bin
+        idx = bin_index(x.abs(), width).clamp_(max=n - 1)
+        self.counts = counts + torch.bincount(idx.flatten(), minlength=n)
+        self.width, self.top, self.pending_zeros = width, top, 0
+
+
+def bin_index(a: Tensor, width: float) -> Tensor:
+    """floor(a / width) of float32 a >= 0, computed in float32 as the reference does (int64).
+
+    A width below float32's normal range (data under ~1e-27) would round to 0 or lose its digits: then
+    a and width are first scaled by the same power of two (exactly, through float64), which leaves the
+    quotient unchanged.
+    """
+    shift = max(0, _MIN_WIDTH_EXP - math.frexp(width)[1])
+    if shift:
+        a = (a.double() * 2.0 ** shift).float()
+        width = width * 2.0 ** shift
+    return (a / width).long()
 
 
 class HistogramCalibrator(Calibrator):

@@ -15,11 +15,23 @@ Values match torch.ao's `min_val` / `max_val` exactly (same float32 arithmetic, 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from qlab.calibrators.base import (
     CalibrationResult, Calibrator, batch_aminmax, check_axis, check_float,
 )
+
+
+def moving_average(previous: Tensor, current: Tensor, c: float) -> Tensor:
+    """``previous + c * (current - previous)`` in float32, as torch.ao computes it.
+
+    The difference overflows float32 when the two lie near -3.4e38 and +3.4e38; there it is taken in
+    float64 (the result lies between them, so it fits float32 again).
+    """
+    diff = current - previous
+    wide = previous.double() + c * (current.double() - previous.double())
+    return torch.where(torch.isinf(diff), wide.float(), previous + c * diff)
 
 
 class MovingAverageMinMax(Calibrator):
@@ -47,8 +59,8 @@ class MovingAverageMinMax(Calibrator):
             self.min_val, self.max_val = cur_min, cur_max
             return
         c = self.averaging_constant
-        self.min_val = self.min_val + c * (cur_min - self.min_val)
-        self.max_val = self.max_val + c * (cur_max - self.max_val)
+        self.min_val = moving_average(self.min_val, cur_min, c)
+        self.max_val = moving_average(self.max_val, cur_max, c)
 
     def compute(self) -> CalibrationResult:
         if self.min_val is None:

@@ -16,9 +16,15 @@ is represented by its bin centre c_j with weight counts_j, and
 
 The fake quantization runs in float32 like the reference (`fake_tensor_quant`); all candidates are
 evaluated at once as a (candidates, bins) matrix, in blocks to bound memory, summed in float64.
+It runs on the histogram scaled by a power of two (top edge in [0.5, 1)), which is exact: the losses
+are the reference's times a constant, so the choice is the same, and no square overflows (|x| ~ 1e19)
+or underflows (|x| ~ 1e-30) float32. For the same reason the reference's guard, which quantizes
+everything to 0 when amax <= 2^-24, is not needed: tiny data is calibrated like any other.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -27,13 +33,14 @@ from qlab.calibrators.base import check_bool, check_int
 from qlab.calibrators.histogram import HistogramCalibrator
 
 _MAX_BLOCK = 1 << 21  # elements of one (candidates, bins) block
-_AMAX_EPS = 1.0 / (1 << 24)  # the reference quantizes everything to 0 for amax <= 2^-24
 
 
 def fake_quant_error_curve(counts: Tensor, centers: Tensor, candidates: Tensor, qmax: int) -> Tensor:
     """mse_k = mean_j (q_k(c_j) - c_j)^2 * counts_j for each candidate amax_k (float64 (n_cand,)).
 
     counts: (n,); centers: float32 (n,) >= 0; candidates: float32 (n_cand,) amax values > 0.
+    Squares overflow float32 for |x| beyond ~1e16 and underflow below ~1e-20: give centres and
+    candidates normalised by a power of two (``_search`` does), as the losses then only scale.
     """
     n = centers.numel()
     weights = counts.to(torch.float32)
@@ -43,8 +50,7 @@ def fake_quant_error_curve(counts: Tensor, centers: Tensor, candidates: Tensor, 
         amax = candidates[s:s + block, None]                          # (B, 1)
         scale = qmax / amax                                           # (B, 1) float32
         codes = (centers[None, :] * scale).round().clamp(max=qmax)    # (B, n); centres >= 0: no qmin
-        dequant = torch.where(amax > _AMAX_EPS, codes / scale, torch.zeros_like(codes))
-        sq_err = (dequant - centers[None, :]) ** 2 * weights[None, :]  # (B, n)
+        sq_err = (codes / scale - centers[None, :]) ** 2 * weights[None, :]  # (B, n)
         losses[s:s + block] = sq_err.sum(dim=1, dtype=torch.float64) / n
     return losses
 
@@ -70,21 +76,27 @@ class MSE(HistogramCalibrator):
         self.start_bin = check_int("start_bin", start_bin, 0, self.num_bins - 1)
 
     def _search(self, counts: Tensor, edges: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        edges = edges.to(torch.float32)
+        # Work on edges / 2^e, top edge in [0.5, 1): the float32 arithmetic then neither overflows
+        # nor underflows, and (power-of-two scaling being exact) gives the reference's float32
+        # losses times 2^-2e, so the same argmin wherever the reference's own numbers are finite.
+        e = math.frexp(float(edges[-1]))[1]
+        edges = (edges * 2.0 ** -e).to(torch.float32)
         centers = (edges[1:] + edges[:-1]) / 2                        # (n,) float32, as the reference
         candidates = centers[self.start_bin:]                         # (n_cand,) start_bin < n
         qmax = (1 << (self.bits - 1 + int(self.unsigned))) - 1
-        losses = fake_quant_error_curve(counts, centers, candidates, qmax)
+        losses = fake_quant_error_curve(counts, centers, candidates, qmax) * 2.0 ** (2 * e)
+        candidates = candidates.to(torch.float64) * 2.0 ** e
         best = int(torch.argmin(losses))
-        return candidates[best], (candidates.to(torch.float64), losses)
+        return candidates[best].to(torch.float32), (candidates, losses)
 
     def _range(self, amax: Tensor) -> tuple[Tensor, Tensor]:
         if self.unsigned:
             return torch.zeros_like(amax), amax
         if self.symmetric:
             return -amax, amax
-        lo = torch.clamp(torch.tensor(self.histogram.min_seen, dtype=torch.float32), min=-amax)
-        hi = torch.clamp(torch.tensor(self.histogram.max_seen, dtype=torch.float32), max=amax)
+        # [min, max] seen, intersected with [-amax, amax] (one-signed data may lie entirely beyond amax)
+        lo = torch.clamp(torch.tensor(self.histogram.min_seen, dtype=torch.float32), min=-amax, max=amax)
+        hi = torch.clamp(torch.tensor(self.histogram.max_seen, dtype=torch.float32), min=-amax, max=amax)
         return lo, hi
 
     def _params(self) -> dict[str, object]:

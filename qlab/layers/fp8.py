@@ -95,7 +95,7 @@ class FP8Linear(QuantizedLinear):
         self.check_input(x)
         x2 = x.reshape(-1, self.in_features).float()                   # (M, K)
         bias = self.bias.float() if self.bias is not None else None
-        if self.act is None:  # weight-only fp8
+        if self.act is None or x2.shape[0] == 0:  # weight-only fp8; an empty batch has no act scale
             y = F.linear(x2, self.dequantized_weight(), bias)
         else:
             x_fp8, x_scale = self.quantize_input(x2)                   # (M, K), (M or 1, 1)

@@ -8,7 +8,9 @@ This is the module-swapping half of torch.ao's eager-mode flow (``torch.ao.quant
 of torchao's ``quantize_(model, config, filter_fn)``; the quantization math lives in the layers.
 Conventions:
 
-- Module names are matched with ``fnmatch`` (``include`` / ``exclude`` patterns, e.g. ``"*.mlp.*"``).
+- Module names are matched by ``include`` / ``exclude`` patterns (e.g. ``"*.mlp.*"``) with qlab's one
+  rule, ``qlab.capture.name_matches``: fnmatch on the full name or on the name with leading components
+  dropped, so ``"lm_head"`` also matches a wrapped Hugging Face model's ``model.lm_head``.
   By default the output head ``lm_head`` stays float (it is small and sensitive), and so do the
   embeddings (they are ``nn.Embedding``, never swapped). Pass ``exclude=()`` to quantize ``lm_head``.
 - The caller's model is never modified unless ``inplace=True``: by default a deep copy is swapped.
@@ -24,7 +26,6 @@ so a 4-bit layer costs its packed bytes plus its scales and zero points.
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -33,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from qlab.calibrators.base import CalibrationResult
-from qlab.capture import in_features_of, is_linear_like
+from qlab.capture import check_patterns, in_features_of, is_linear_like, name_matches
 from qlab.layers.fp8 import FP8_FORMATS, WEIGHT_GRANULARITIES, FP8Linear
 from qlab.layers.llm_int8 import DEFAULT_THRESHOLD, LLMInt8Linear
 from qlab.layers.w8a8 import W8A8Linear
@@ -144,21 +145,10 @@ Plan = Union[QuantRecipe, Mapping[str, Optional[QuantRecipe]], Callable[[str, nn
 # ----------------------------------------------------------------------------- the swap
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _patterns(value: Union[str, Sequence[str]], arg: str) -> tuple[str, ...]:
-    patterns = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"{arg} must be a pattern string or a sequence of them, got {value!r}")
-    return patterns
-
-
 def _selected(linears: Mapping[str, nn.Module], recipe: Plan, include: tuple[str, ...],
               exclude: tuple[str, ...]) -> list[str]:
     """The names to swap, in model order; clear errors when nothing (or a planned name) is selected."""
-    names = [n for n in linears if _matches(n, include) and not _matches(n, exclude)]
+    names = [n for n in linears if name_matches(n, include) and not name_matches(n, exclude)]
     if isinstance(recipe, Mapping):
         unknown = sorted(set(recipe) - set(linears))
         if unknown:
@@ -197,7 +187,8 @@ def quantize_model(model: nn.Module, recipe: Plan, *, include: Union[str, Sequen
 
     recipe: a ``QuantRecipe`` for every selected layer, a mapping name -> recipe (None: keep float)
         for per-layer plans, or a callable ``(name, linear) -> module or None``.
-    include / exclude: fnmatch patterns over module names (``model.named_modules()``).
+    include / exclude: name patterns over module names (``model.named_modules()``), matched on the
+        full name or a dotted suffix of it (``qlab.capture.name_matches``).
     inplace: swap inside ``model`` itself instead of a deep copy.
     act_ranges: name -> ``CalibrationResult`` of the layer's input (W8A8 static scales; LLM.int8()
         float columns from a per-channel result), e.g. ``ActivationStats.calibration_results()``.
@@ -213,7 +204,7 @@ def quantize_model(model: nn.Module, recipe: Plan, *, include: Union[str, Sequen
             raise TypeError(f"a recipe mapping must hold QuantRecipe or None values, got {bad}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
     target = model if inplace else copy.deepcopy(model)
     linears = {n: m for n, m in target.named_modules() if n and is_linear_like(m)}
     if not linears:

@@ -37,7 +37,6 @@ calls ``F.linear`` (``forward_reference``).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
@@ -205,10 +204,10 @@ class WeightOnlyLinear(QuantizedLinear):
             lo, hi = w.amin().expand(N, 1), w.amax().expand(N, 1)
         elif self.g_idx is None:
             lo, hi = block_reduce(w, self.spec.granularity, "amin"), block_reduce(w, self.spec.granularity, "amax")
-        else:  # arbitrary column -> group map: scatter min / max (empty groups get scale eps)
-            index = gi.expand(N, K)
-            lo = w.new_full((N, self.n_groups), math.inf).scatter_reduce(1, index, w, "amin")
-            hi = w.new_full((N, self.n_groups), -math.inf).scatter_reduce(1, index, w, "amax")
+        else:  # arbitrary column -> group map: scatter min / max, starting from 0 (every range holds 0
+            index = gi.expand(N, K)  # anyway, and an empty group gets lo = hi = 0: scale eps)
+            lo = w.new_zeros((N, self.n_groups)).scatter_reduce(1, index, w, "amin")
+            hi = w.new_zeros((N, self.n_groups)).scatter_reduce(1, index, w, "amax")
         lo, hi = lo.reshape(N, -1).float(), hi.reshape(N, -1).float()
         if self.spec.is_integer:
             return compute_qparams(lo, hi, self.spec)

@@ -36,7 +36,7 @@ from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absma
                                          smoothing_effect, smoothing_groups, smoothquant_quantize_model,
                                          w8a8_group_error)
 from qlab.calibrators import CalibrationResult
-from qlab.capture import ActivationStats, linear_layers
+from qlab.capture import ActivationStats, linear_layers, name_matches
 from qlab.evaluate import perplexity_on
 from qlab.layers.llm_int8 import LLMInt8Linear, outlier_columns
 from qlab.layers.swap import QuantRecipe, quantize_model
@@ -255,7 +255,7 @@ def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequen
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     if act == "per_token":
         return quantize_model(model, QuantRecipe("w8a8", act="dynamic"), exclude=tuple(exclude))
-    names = [n for n in linear_layers(model) if n not in exclude]
+    names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
     ranges = {n: CalibrationResult(-a.max(), a.max()) for n, a in input_absmax(model, calib_tokens, names).items()}
     return quantize_model(model, QuantRecipe("w8a8", act="static"), exclude=tuple(exclude), act_ranges=ranges)
 
