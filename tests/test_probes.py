@@ -1,22 +1,15 @@
 """Every probe of tools/probe_api.py (good and bad input across the API, the CLI, the layers, the algorithms,
 the calibrators, the files and the kernel dispatch) ends as it must: a right answer or a clear error."""
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _tools import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("probe_api", ROOT / "tools" / "probe_api.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("probe_api")
 
 
 @pytest.fixture(scope="module")

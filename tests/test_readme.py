@@ -1,19 +1,17 @@
 """README.md: its scoreboard is the committed measurement, and the commands it names exist."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
+from _tools import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_tool():
-    spec = importlib.util.spec_from_file_location("readme_blocks", ROOT / "tools" / "readme_blocks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("readme_blocks")
 
 
 def test_the_readme_measurements_are_the_committed_json():
