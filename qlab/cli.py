@@ -3,7 +3,7 @@
     qlab info                 versions, GPU, whether Triton runs natively or in interpreter mode
     qlab train [--steps N]    train the shipped model from scratch and write checkpoint + model card
     qlab card                 re-measure the shipped checkpoint's model card (perplexities, outliers, sample)
-    qlab demo                 headless demo: load the model, quantize one weight, show perplexity and text
+    qlab demo                 headless demo: load the shipped model, show its perplexity and a generated sample
     qlab bench [...]          kernel benchmark (GPU), or the roofline model without one
     qlab ptq --method M [...] quantize the shipped model with one method (or --all) and print the scoreboard
 

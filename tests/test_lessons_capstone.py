@@ -88,6 +88,9 @@ def test_scoreboard_files_round_trip(tmp_path):
     (tmp_path / "scoreboard-empty.json").write_text(json.dumps({"machine": "x", "rows": []}))
     with pytest.raises(ValueError, match="no scoreboard rows"):
         load_scoreboard(tmp_path / "scoreboard-empty.json")
+    (tmp_path / "scoreboard-broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="scoreboard-broken.json is not valid JSON"):
+        load_scoreboard(tmp_path / "scoreboard-broken.json")
 
 
 def test_compare_rows_pairs_live_rows_with_the_table():

@@ -56,8 +56,8 @@ class Scoreboard:
 def load_scoreboard(path: str | Path) -> Scoreboard:
     """A file written by ``qlab.scoreboard.save_json`` (what ``qlab ptq --all`` writes)."""
     path = Path(path)
+    rows = load_json(path)  # first: a file that is not a scoreboard is refused by name there
     record = json.loads(path.read_text())
-    rows = load_json(path)
     if not rows:
         raise ValueError(f"{path} holds no scoreboard rows")
     return Scoreboard(path, record.get("machine", "unknown machine"), record.get("torch", "?"), rows,
