@@ -199,11 +199,39 @@ def _shipped_skeleton():
         return GPT(config)
 
 
+# The options of `qlab ptq` each method reads (the rest it would ignore: giving one is a mistake), and their
+# defaults. W8A8 methods also accept --wbits 8 / --abits 8, which only restate what they are.
+PTQ_DEFAULTS = {"wbits": None, "group_size": 128, "abits": None, "act": "per_token", "alpha": 0.5, "calib": 128,
+                "seed": 0}
+PTQ_OPTIONS = {
+    "float": set(), "rtn": {"wbits", "group_size"}, "mixed": {"wbits", "group_size"},
+    "gptq": {"wbits", "group_size", "calib", "seed"}, "awq": {"wbits", "group_size", "calib", "seed"},
+    "smoothquant": {"wbits", "abits", "act", "alpha", "calib", "seed"},
+    "w8a8": {"wbits", "abits", "act", "calib", "seed"}, "llm_int8": {"wbits", "abits"}, "fp8": {"wbits", "abits"},
+    "all": {"calib", "seed"},
+}
+
+
+def _ptq_options(args: argparse.Namespace) -> None:
+    """Refuse the options that the chosen method (or --all) would ignore, then fill in the defaults."""
+    given = [name for name in PTQ_DEFAULTS if hasattr(args, name)]
+    used = PTQ_OPTIONS["all" if args.all else args.method]
+    ignored = [f"--{name.replace('_', '-')}" for name in given if name not in used]
+    if ignored:
+        what = "--all" if args.all else f"--method {args.method}"
+        takes = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(used)) or "none of them"
+        raise UsageError(f"ptq: {what} does not use {', '.join(ignored)} (it takes {takes})")
+    for name, default in PTQ_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+
+
 def cmd_ptq(args: argparse.Namespace) -> int:
     from qlab import scoreboard as sb
 
     if args.all == (args.method is not None):
         raise UsageError("ptq: give either --method or --all")
+    _ptq_options(args)
     mode = "fast" if args.fast else "full"
     skeleton = _shipped_skeleton()
     with _user_errors():
@@ -272,16 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=("float", "rtn", "gptq", "awq", "smoothquant", "w8a8", "llm_int8", "fp8",
                                         "mixed"), default=None)
     q.add_argument("--all", action="store_true", help="the standard set of methods, one combined table")
-    q.add_argument("--wbits", type=float, default=None,
+    q.add_argument("--wbits", type=float, default=argparse.SUPPRESS,
                    help="weight bits (2, 3, 4, 8; default 4); for --method mixed the average-bits budget")
-    q.add_argument("--group-size", type=_group_size, default=128, help="group size, or 'channel' (default 128)")
-    q.add_argument("--abits", type=int, default=None, help="activation bits (8 for the W8A8 methods)")
-    q.add_argument("--act", choices=("per_token", "per_tensor"), default="per_token",
+    q.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS, help="group size, or 'channel' (default 128)")
+    q.add_argument("--abits", type=int, default=argparse.SUPPRESS, help="activation bits (8 for the W8A8 methods)")
+    q.add_argument("--act", choices=("per_token", "per_tensor"), default=argparse.SUPPRESS,
                    help="activation scales of w8a8 / smoothquant")
-    q.add_argument("--alpha", type=_alpha, default=0.5,
+    q.add_argument("--alpha", type=_alpha, default=argparse.SUPPRESS,
                    help="SmoothQuant migration strength in [0, 1], or 'auto' (searched per norm group)")
-    q.add_argument("--calib", type=int, default=128, help="calibration samples (windows of the train split)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--calib", type=int, default=argparse.SUPPRESS, help="calibration samples (windows of the train split)")
+    q.add_argument("--seed", type=int, default=argparse.SUPPRESS)
     q.add_argument("--fast", action="store_true", help="fast perplexity (a fixed subset of the test split)")
     q.add_argument("--json", default=None, help="also write the rows to this JSON file")
     q.add_argument("--out-dir", default="benchmarks/results", help="where --all writes scoreboard-<machine>.json/.png")

@@ -207,8 +207,12 @@ def test_ptq_arguments_parse():
                                           "--abits", "8", "--calib", "64", "--fast", "--json", "out.json"])
     assert (args.method, args.wbits, args.group_size, args.abits, args.calib, args.fast, args.json) == \
         ("gptq", 4.0, 128, 8, 64, True, "out.json")
+    args = cli.build_parser().parse_args(["ptq", "--method", "rtn", "--group-size", "channel"])
+    cli._ptq_options(args)  # the options rtn does not take were not given: their defaults are filled in
+    assert args.group_size is None and not args.fast and (args.calib, args.alpha, args.act) == (128, 0.5, "per_token")
     args = cli.build_parser().parse_args(["ptq", "--all", "--group-size", "channel"])
-    assert args.all and args.method is None and args.group_size is None and not args.fast and args.calib == 128
+    with pytest.raises(cli.UsageError, match="--all does not use --group-size"):
+        cli._ptq_options(args)
     assert cli.build_parser().parse_args(["ptq", "--method", "smoothquant", "--alpha", "auto"]).alpha == "auto"
     assert cli.build_parser().parse_args(["ptq", "--method", "smoothquant", "--alpha", "0.75"]).alpha == 0.75
     for bad in (["ptq", "--method", "hqq"], ["ptq", "--method", "rtn", "--group-size", "-3"],

@@ -365,7 +365,8 @@ def cli_probes(tmp: Path) -> list[Probe]:
         ["ptq", "--method", "w8a8", "--wbits", "4"], ["ptq", "--method", "gptq", "--calib", "0"],
         ["ptq", "--method", "mixed", "--wbits", "1"], ["ptq", "--method", "rtn", "--json", "/proc/nope/out.json"],
         ["ptq", "--all", "--out-dir", "/proc/nope"], ["ptq"], ["ptq", "--method", "magic"],
-        ["ptq", "--method", "smoothquant", "--alpha", "2"], ["train", "--steps", "-1"], ["train", "--batch-size", "0"],
+        ["ptq", "--method", "smoothquant", "--alpha", "2"], ["ptq", "--method", "rtn", "--alpha", "0.8"],
+        ["ptq", "--all", "--wbits", "3"], ["train", "--steps", "-1"], ["train", "--batch-size", "0"],
         ["train", "--workdir", "/proc/nope"], ["frobnicate"], ["info", "--verbose"], ["demo", "--x"],
         ["card", "--x"], ["bench", "--no-such-option"],
     ]
