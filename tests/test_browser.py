@@ -180,6 +180,9 @@ def _drag_bits(page, before: str, position: float, after: str, shot: str, timeou
     _screenshot(page, f"{shot}_before.png")
 
     page.drag_slider(bits, position)
+    # The kernel may still read "idle" for a moment after the drag (more so on a loaded machine): wait
+    # for the output to change at all before waiting for it to settle, or the old output reads as settled.
+    page.wait_until(lambda: read_output(output) != (text_before, image_before), timeout, "the output to change")
     text_after, image_after = page.wait_output_settles(output, timeout=timeout)
     assert page.slider_value(bits) == after
     assert image_after.startswith("data:image/png") and image_after != image_before, "the plot did not redraw"
