@@ -7,10 +7,8 @@ made: ``qlab/data/README.md``). Every Python from 3.10 to 3.13 reads the same by
 perplexity, calibration sample and notebook output is the same on every interpreter. The running
 interpreter's own standard library is never read (it differs between versions).
 
-Which files are in the snapshot (``corpus_files``, applied once by ``tools/build_corpus_snapshot.py``):
-
-* every top-level module ``<stdlib>/*.py`` except those in ``EXCLUDED_MODULES``;
-* every ``.py`` file inside the packages of ``PACKAGES``, except their ``test``/``tests`` folders.
+Which files are in the snapshot was decided once, when it was built (``tools/build_corpus_snapshot.py``
+holds the rule: the top-level modules and a list of packages, without tests and generated tables).
 
 Each file goes, whole, to one split, decided by the SHA-256 of its path relative to the stdlib
 folder (so adding or losing a file never moves another one): bucket = first 4 bytes mod 100,
@@ -52,40 +50,8 @@ RESTORE_HINT = ("restore it with `git checkout -- qlab/data/` in the qlab reposi
                 f"to rebuild it from a Python {SOURCE_PYTHON} installation run "
                 f"`python{SOURCE_PYTHON[:4]} tools/build_corpus_snapshot.py`")
 
-# Packages of the standard library whose modules are in the corpus.
-PACKAGES: tuple[str, ...] = (
-    "asyncio", "collections", "concurrent", "ctypes", "dbm", "email", "html", "http", "importlib",
-    "json", "logging", "multiprocessing", "re", "sqlite3", "tomllib", "unittest", "urllib", "wsgiref",
-    "xml", "xmlrpc", "zoneinfo",
-)
-
-# Top-level modules left out: generated tables and data rather than code, or demo/GUI programs.
-EXCLUDED_MODULES: frozenset[str] = frozenset({
-    "__hello__", "__phello__", "_pydecimal", "this", "antigravity", "sre_compile", "sre_constants",
-    "sre_parse", "_sysconfigdata__linux_x86_64-linux-gnu", "keyword", "token", "stringprep",
-    "_aix_support", "_osx_support", "_bootsubprocess",
-})
-
-
 class CorpusSnapshotError(RuntimeError):
     """The corpus snapshot is missing, corrupted, or not the one the shipped model was trained on."""
-
-
-def corpus_files(root: Path) -> list[str]:
-    """Relative paths of every corpus file in the standard-library folder ``root``, sorted.
-
-    Used once, by ``tools/build_corpus_snapshot.py``, to choose the files of the snapshot.
-    """
-    root = Path(root)
-    files = [p.name for p in root.glob("*.py") if p.stem not in EXCLUDED_MODULES and not p.stem.startswith("_sysconfigdata")]
-    for pkg in PACKAGES:
-        for p in (root / pkg).rglob("*.py"):
-            rel = p.relative_to(root)
-            if not {"test", "tests", "__pycache__"} & set(rel.parts):
-                files.append(rel.as_posix())
-    if not files:
-        raise FileNotFoundError(f"no Python source files found under {root}: is the standard library installed?")
-    return sorted(files)
 
 
 def split_of(relpath: str) -> str:

@@ -2,7 +2,7 @@
 
     python3.11 tools/build_corpus_snapshot.py [--stdlib DIR] [--out FILE]
 
-Selects the files with ``qlab.corpus.corpus_files`` and writes them into a deterministic tar.gz
+Selects the files with ``corpus_files`` (below) and writes them into a deterministic tar.gz
 (sorted members, mtime 0, owner 0, mode 0644, no file name or time in the gzip header), copies
 CPython's LICENSE next to it, then checks that the splits hash to ``qlab.corpus.CORPUS_SHA256``, the
 corpus of the shipped model. It prints the archive's SHA-256 for ``qlab.corpus.SNAPSHOT_SHA256``.
@@ -35,6 +35,36 @@ def _corpus_module():
     return module
 
 
+# The selection rule (applied once, to CPython 3.11.7's standard library; qlab reads only the result):
+# every top-level module except EXCLUDED_MODULES, and every module of PACKAGES except their tests.
+PACKAGES: tuple[str, ...] = (
+    "asyncio", "collections", "concurrent", "ctypes", "dbm", "email", "html", "http", "importlib",
+    "json", "logging", "multiprocessing", "re", "sqlite3", "tomllib", "unittest", "urllib", "wsgiref",
+    "xml", "xmlrpc", "zoneinfo",
+)
+
+# Top-level modules left out: generated tables and data rather than code, or demo/GUI programs.
+EXCLUDED_MODULES: frozenset[str] = frozenset({
+    "__hello__", "__phello__", "_pydecimal", "this", "antigravity", "sre_compile", "sre_constants",
+    "sre_parse", "_sysconfigdata__linux_x86_64-linux-gnu", "keyword", "token", "stringprep",
+    "_aix_support", "_osx_support", "_bootsubprocess",
+})
+
+
+def corpus_files(root: Path) -> list[str]:
+    """Relative paths of every corpus file in the standard-library folder ``root``, sorted."""
+    root = Path(root)
+    files = [p.name for p in root.glob("*.py") if p.stem not in EXCLUDED_MODULES and not p.stem.startswith("_sysconfigdata")]
+    for pkg in PACKAGES:
+        for p in (root / pkg).rglob("*.py"):
+            rel = p.relative_to(root)
+            if not {"test", "tests", "__pycache__"} & set(rel.parts):
+                files.append(rel.as_posix())
+    if not files:
+        raise FileNotFoundError(f"no Python source files found under {root}: is the standard library installed?")
+    return sorted(files)
+
+
 def write_snapshot(stdlib: Path, out: Path, files: list[str]) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -60,7 +90,7 @@ def main() -> int:
     if platform.python_version() != C.SOURCE_PYTHON and args.stdlib == Path(sysconfig.get_paths()["stdlib"]):
         print(f"note: this is Python {platform.python_version()}, the snapshot holds {C.SOURCE_PYTHON}'s "
               "standard library: the check below fails unless --stdlib points at it", file=sys.stderr)
-    files = C.corpus_files(args.stdlib)
+    files = corpus_files(args.stdlib)
     write_snapshot(args.stdlib, args.out, files)
     license_src = args.stdlib / "LICENSE.txt"
     if license_src.is_file():
