@@ -231,11 +231,20 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "device"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qlab bench", description=__doc__.splitlines()[0])
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options (``qlab bench`` passes its own parser class, which reports errors in one line)."""
+    parser = parser_class(prog="qlab bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the points with a target, shorter timing")
     parser.add_argument("--out-dir", default="benchmarks/results", help="where <device>.json / .png go")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure (on a CUDA GPU) and write the results; without one, print the roofline model only."""
     if not torch.cuda.is_available():
         print("No CUDA GPU: nothing is measured and nothing is written. The roofline model of the "
               "reference device:")

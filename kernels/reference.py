@@ -15,6 +15,25 @@ from torch import Tensor
 ACT_DTYPES = (torch.float16, torch.bfloat16)  # activations the weight-only Triton kernels take
 
 
+# ----------------------------------------------------------------------------- checks every kernel shares
+def _check_vector(t: Tensor, name: str, n: int) -> None:
+    """``t`` must be a float tensor of shape (n,): a per-row or per-column scale."""
+    if not t.is_floating_point() or tuple(t.shape) != (n,):
+        raise ValueError(f"{name} must be a float tensor of shape ({n},), got {t.dtype} {tuple(t.shape)}")
+
+
+def _check_bias(bias: Tensor | None, n: int) -> None:
+    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
+                             or tuple(bias.shape) != (n,)):
+        raise ValueError(f"bias must be None or a float tensor of shape ({n},)")
+
+
+def _check_one_device(*tensors: Tensor | None) -> None:
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
 # ----------------------------------------------------------------------------- per-token int8 quantization (per_token_quant.py)
 EPS = torch.finfo(torch.float32).eps  # smallest scale, as torch.ao's observers clamp it
 QMAX = 127  # narrow symmetric int8 range [-127, 127]
@@ -66,20 +85,12 @@ def check_w8a8(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: T
         raise ValueError(f"xq must be (M, K) and wq (K, N) with the same K, got {tuple(xq.shape)} "
                          f"and {tuple(wq.shape)}")
     M, N = xq.shape[0], wq.shape[1]
-    if not x_scale.is_floating_point() or tuple(x_scale.shape) != (M,):
-        raise ValueError(f"x_scale must be a float tensor of shape ({M},), got {x_scale.dtype} "
-                         f"{tuple(x_scale.shape)}")
-    if not w_scale.is_floating_point() or tuple(w_scale.shape) != (N,):
-        raise ValueError(f"w_scale must be a float tensor of shape ({N},), got {w_scale.dtype} "
-                         f"{tuple(w_scale.shape)}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
+    _check_vector(x_scale, "x_scale", M)
+    _check_vector(w_scale, "w_scale", N)
+    _check_bias(bias, N)
     if out_dtype not in W8A8_OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {W8A8_OUT_DTYPES}, got {out_dtype}")
-    devices = {t.device for t in (xq, x_scale, wq, w_scale, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    _check_one_device(xq, x_scale, wq, w_scale, bias)
 
 
 def w8a8_matmul_reference(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None = None,
@@ -120,12 +131,8 @@ def check_w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor | None
             raise ValueError(f"{name} must be a float tensor of shape (K // group_size, N) = "
                              f"({K // group_size}, {N}), got {getattr(t, 'dtype', type(t).__name__)} "
                              f"{tuple(getattr(t, 'shape', ()))}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
-    devices = {t.device for t in (x, qweight, scales, zeros, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    _check_bias(bias, N)
+    _check_one_device(x, qweight, scales, zeros, bias)
 
 
 def w4a16_unsupported_reason(x: Tensor, group_size: int) -> str | None:
@@ -173,15 +180,9 @@ def check_w8a16(x: Tensor, wq: Tensor, scales: Tensor, bias: Tensor | None) -> N
         raise ValueError(f"wq must be an int8 tensor of shape (K, N) with K = {x.shape[1]}, got "
                          f"{wq.dtype} {tuple(wq.shape)}")
     N = wq.shape[1]
-    if not scales.is_floating_point() or tuple(scales.shape) != (N,):
-        raise ValueError(f"scales must be a float tensor of shape ({N},), got {scales.dtype} "
-                         f"{tuple(scales.shape)}")
-    if bias is not None and (not isinstance(bias, Tensor) or not bias.is_floating_point()
-                             or tuple(bias.shape) != (N,)):
-        raise ValueError(f"bias must be None or a float tensor of shape ({N},)")
-    devices = {t.device for t in (x, wq, scales, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    _check_vector(scales, "scales", N)
+    _check_bias(bias, N)
+    _check_one_device(x, wq, scales, bias)
 
 
 def w8a16_unsupported_reason(x: Tensor) -> str | None:

@@ -109,6 +109,13 @@ def name_matches(name: str, patterns: str | Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(s, p) for p in patterns for s in suffixes)
 
 
+def select_names(names: Iterable[str], include: str | Sequence[str], exclude: str | Sequence[str]) -> list[str]:
+    """The names an ``include`` / ``exclude`` pair of patterns selects, in their order (``quantize_model``'s,
+    QAT's and mixed precision's rule): matched by ``include`` and not by ``exclude``."""
+    include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
+    return [n for n in names if name_matches(n, include) and not name_matches(n, exclude)]
+
+
 def linear_layers(model: nn.Module, layers: str | Sequence[str] | None = None) -> dict[str, nn.Module]:
     """The linear-like submodules of ``model`` by qualified name, optionally filtered by name patterns.
 

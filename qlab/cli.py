@@ -149,29 +149,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _argparse_errors_raise() -> Iterator[None]:
-    """Any argparse parser reports a bad option as a UsageError, as qlab's own parser does: the
-    benchmark (kernels/bench.py) parses its options itself, with a plain ArgumentParser."""
-    error = argparse.ArgumentParser.error
-    argparse.ArgumentParser.error = _Parser.error
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.error = error
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from qlab.kernels import bench
 
+    options = bench.build_parser(_Parser).parse_args(args.rest)  # every option after `bench` is the benchmark's
     if torch.cuda.is_available():  # only then does the benchmark write, after minutes of measuring
-        out_dir = _Parser(prog="qlab bench", add_help=False)
-        out_dir.add_argument("--out-dir", default="benchmarks/results")  # kernels/bench.py's option
-        _check_output(out_dir.parse_known_args(args.rest)[0].out_dir, "--out-dir", directory=True)
-    with _argparse_errors_raise():
-        return bench.main(args.rest)  # every option after `bench` belongs to the benchmark
+        _check_output(options.out_dir, "--out-dir", directory=True)
+    return bench.run(options)
 
 
 def _group_size(value: str) -> int | None:

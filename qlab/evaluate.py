@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qlab.checks import check_int, check_seed
 from qlab.corpus import load_corpus
 from qlab.model import VOCAB_SIZE, check_token_ids
 
@@ -41,13 +42,6 @@ class PerplexityResult:
         return f"perplexity {self.perplexity:.4f} ({self.bits_per_byte:.4f} bits/byte over {self.tokens} bytes)"
 
 
-def _check_int(value: int, name: str, minimum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _vocab_size(model: nn.Module) -> int:
     """The model's vocabulary (``config.vocab_size`` of qlab's GPT and of wrapped HF models), else bytes."""
     return getattr(getattr(model, "config", None), "vocab_size", VOCAB_SIZE)
@@ -57,8 +51,8 @@ def eval_windows(data: torch.Tensor, context: int, mode: str = "fast", fast_wind
     """The (n, context + 1) windows of ``data`` that perplexity evaluates, deterministic."""
     if mode not in ("fast", "full"):
         raise ValueError(f"mode must be 'fast' or 'full', got {mode!r}")
-    _check_int(context, "context", 1)
-    _check_int(fast_windows, "fast_windows", 1)
+    check_int("context", context, 1)
+    check_int("fast_windows", fast_windows, 1)
     n = (data.numel() - 1) // context
     if n < 1:
         raise ValueError(f"the data ({data.numel()} bytes) is shorter than one window of {context + 1} bytes")
@@ -76,7 +70,7 @@ def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16)
         raise ValueError(f"windows must be an (n, T + 1) tensor with n >= 1 windows of T + 1 >= 2 token ids "
                          f"(each predicts T of them; see eval_windows), got {shape}")
     check_token_ids(windows, _vocab_size(model), "windows")
-    _check_int(batch_size, "batch_size", 1)
+    check_int("batch_size", batch_size, 1)
     windows = windows.long()  # cross_entropy takes int64 targets only
     t0 = time.perf_counter()
     was_training = model.training
@@ -121,14 +115,14 @@ def generate(model: nn.Module, prompt: str, n_tokens: int = 200, *, temperature:
     except UnicodeEncodeError as exc:
         raise ValueError(f"prompt cannot be encoded as UTF-8 ({exc.reason}: {prompt[exc.start:exc.end]!r} "
                          f"at index {exc.start})") from None
-    _check_int(n_tokens, "n_tokens", 0)
+    check_int("n_tokens", n_tokens, 0)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__} {temperature!r}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None:
-        _check_int(top_k, "top_k", 1)
-    _check_int(seed, "seed")
+        check_int("top_k", top_k, 1)
+    check_seed(seed)
     context = getattr(getattr(model, "config", None), "block_size", 256)
     device = next(model.parameters()).device
     idx = torch.tensor(list(prompt_bytes), dtype=torch.long, device=device)[None]  # (1, T)

@@ -24,26 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qlab.checks import check_int
 from qlab.quantize import check_has_data
 
 # bits -> (codes per unit, bytes per unit)
 LAYOUTS = {2: (4, 1), 3: (8, 3), 4: (2, 1), 8: (1, 1)}
 
 
-def _check_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):  # 4.0 == 4, but cannot be a shift
-        raise TypeError(f"{name} must be an int, got {value!r}")
-
-
 def _check_bits(bits: int) -> tuple[int, int]:
-    _check_int(bits, "bits")
+    check_int("bits", bits)  # 4.0 == 4, but cannot be a shift
     if bits not in LAYOUTS:
         raise ValueError(f"bits must be one of {sorted(LAYOUTS)}, got {bits!r}")
     return LAYOUTS[bits]
 
 
 def _normalized_dim(dim: int, ndim: int, name: str) -> int:
-    _check_int(dim, "dim")
+    check_int("dim", dim)
     if ndim == 0:
         raise ValueError(f"{name} must have at least 1 dim, got a 0-d tensor")
     if not -ndim <= dim < ndim:
@@ -54,9 +50,7 @@ def _normalized_dim(dim: int, ndim: int, name: str) -> int:
 def packed_size(size: int, bits: int) -> int:
     """Number of bytes that ``size`` codes of ``bits`` bits take along the packed dim (with padding)."""
     per_unit, unit_bytes = _check_bits(bits)
-    _check_int(size, "size")
-    if size < 0:
-        raise ValueError(f"size must be >= 0, got {size}")
+    check_int("size", size, 0)
     return -(-size // per_unit) * unit_bytes
 
 

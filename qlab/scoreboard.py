@@ -43,6 +43,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from qlab.capture import in_features_of, is_linear_like, name_matches
+from qlab.checks import check_int, check_seed
 from qlab.corpus import calibration_samples
 from qlab.evaluate import perplexity
 from qlab.layers.base import QuantizedLinear
@@ -208,10 +209,6 @@ def mixed_budget_range(model: nn.Module, group_size: Optional[int]) -> tuple[flo
     return lo / total, hi / total
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_method_args(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
                       abits: Optional[int] = None, *, act: str = "per_token", alpha: float | str = 0.5,
                       calib_samples: int = 128, seed: int = 0, mode: str = "full") -> tuple:
@@ -229,12 +226,10 @@ def check_method_args(model: nn.Module, method: str, wbits: Optional[float] = No
         raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
     if alpha != "auto" and (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1):
         raise ValueError(f"alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
-    if not _is_int(calib_samples) or calib_samples < 1:
-        raise ValueError(f"calib_samples must be a positive int, got {calib_samples!r}")
-    if not _is_int(seed) or not -2**63 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [-2**63, 2**64) (what torch.manual_seed takes), got {seed!r}")
-    if group_size is not None and (not _is_int(group_size) or group_size < 1):
-        raise ValueError(f"group_size must be a positive int or None (per channel), got {group_size!r}")
+    check_int("calib_samples", calib_samples, 1)
+    check_seed(seed)
+    if group_size is not None:
+        check_int("group_size", group_size, 1)  # or None: per channel
     if method == "float":
         return 32, None, 32
     if method in ACT_METHODS:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qlab.checkpoint import safe_load
+from qlab.checks import check_int, check_seed
 from qlab.corpus import load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.model import GPT, PRESETS
@@ -45,16 +46,12 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         for name, minimum in (("steps", 1), ("batch_size", 1), ("eval_every", 1), ("warmup", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(name, getattr(self, name), minimum)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64:
-            raise ValueError(f"seed must be an int in [-2**63, 2**64) (what torch.manual_seed takes), got {seed!r}")
+        check_seed(self.seed)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

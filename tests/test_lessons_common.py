@@ -117,8 +117,11 @@ def test_setup_notebook_sets_one_thread_and_seeds_every_generator():
         assert torch.rand(3).tolist() != first[0]
     finally:
         torch.set_num_threads(threads)
-    for bad in (-1, 1.5, "0", True):
+    for bad in (-1, 2**32):
         with pytest.raises(ValueError, match="seed"):
+            setup_notebook(bad)
+    for bad in (1.5, "0", True):
+        with pytest.raises(TypeError, match="seed"):
             setup_notebook(bad)
 
 

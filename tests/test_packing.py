@@ -64,7 +64,7 @@ def test_unpack_without_size_keeps_padding():
     (torch.tensor([0.0, 1.0]), 4, TypeError, "codes must be an integer tensor"),
     (torch.tensor([0, 1]), 5, ValueError, "bits must be one of"),
     (torch.tensor(3), 4, ValueError, "0-d"),
-    (torch.tensor([0, 1]), 4.0, TypeError, "bits must be an int, got 4.0"),  # before: torch's lshift error
+    (torch.tensor([0, 1]), 4.0, TypeError, "bits must be an int, got float 4.0"),  # before: torch's lshift error
     (torch.tensor([0, 1]), True, TypeError, "bits must be an int"),
     (torch.zeros(4, dtype=torch.uint8, device="meta"), 4, ValueError, "codes must hold data; got a meta"),
 ])

@@ -46,9 +46,12 @@ def test_resume_with_other_config_is_refused(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(preset="huge")
-    for field, bad in [("steps", 0), ("steps", 2.5), ("batch_size", -1), ("batch_size", True), ("eval_every", 0),
-                       ("warmup", -1), ("lr", float("nan")), ("grad_clip", -1.0), ("seed", 2**64), ("seed", "1")]:
+    for field, bad in [("steps", 0), ("batch_size", -1), ("eval_every", 0), ("warmup", -1), ("lr", float("nan")),
+                       ("grad_clip", -1.0), ("seed", 2**64)]:
         with pytest.raises(ValueError, match=rf"^{field} must be"):
+            TrainConfig(**{field: bad})
+    for field, bad in [("steps", 2.5), ("batch_size", True), ("seed", "1")]:  # not an int at all
+        with pytest.raises(TypeError, match=rf"^{field} must be an int"):
             TrainConfig(**{field: bad})
 
 

@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from qlab.capture import is_linear_like
+from qlab.model import check_token_ids
 
 
 class _StopForward(Exception):
@@ -200,14 +201,10 @@ def check_calib_tokens(calib_tokens: Tensor, model: Optional[nn.Module] = None) 
 
 
 def _check_vocabulary(tokens: Tensor, model: nn.Module) -> None:
-    """Token ids in [0, vocab_size) of the model's config (the embedding would raise an IndexError)."""
+    """Token ids in [0, vocab_size) of the model's config, when it has one (the embedding would raise an IndexError)."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if not isinstance(vocab, int) or tokens.numel() == 0:
-        return
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= vocab:
-        raise ValueError(f"calib_tokens must hold token ids in [0, {vocab}) (the model's vocab_size), "
-                         f"got ids from {lo} to {hi}")
+    if isinstance(vocab, int):  # any integer dtype is taken (as int64, see check_calib_tokens)
+        check_token_ids(tokens if tokens.is_floating_point() else tokens.long(), vocab, "calib_tokens")
 
 
 def check_finite_parameters(model: nn.Module) -> None:

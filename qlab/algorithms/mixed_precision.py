@@ -47,7 +47,7 @@ import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from qlab.capture import check_patterns, is_linear_like, name_matches
+from qlab.capture import check_patterns, is_linear_like, select_names
 from qlab.corpus import load_corpus
 from qlab.evaluate import FAST_WINDOWS, eval_windows, perplexity, perplexity_on
 from qlab.layers.base import QuantizedLinear
@@ -162,7 +162,7 @@ def selected_linears(model: nn.Module, include: Union[str, Sequence[str]],
     quantize_model's rule)."""
     include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
     linears = {n: m for n, m in model.named_modules() if n and is_linear_like(m)}
-    chosen = {n: m for n, m in linears.items() if name_matches(n, include) and not name_matches(n, exclude)}
+    chosen = {n: linears[n] for n in select_names(linears, include, exclude)}
     if not chosen:
         raise ValueError(f"no linear layer matched include={include}, exclude={exclude}; "
                          f"linear layers: {list(linears)}")

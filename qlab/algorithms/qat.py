@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from qlab.capture import check_patterns, is_linear_like, name_matches
+from qlab.capture import check_patterns, is_linear_like, select_names
 from qlab.corpus import load_corpus
 from qlab.layers.base import float_weight_and_bias
 from qlab.layers.swap import QuantRecipe
@@ -118,7 +118,7 @@ def prepare_qat(model: nn.Module, spec: SpecLike, *, include: Union[str, Sequenc
     include, exclude = check_patterns(include, "include"), check_patterns(exclude, "exclude")
     target = model if inplace else copy.deepcopy(model)
     linears = {n: m for n, m in target.named_modules() if n and is_linear_like(m) and not isinstance(m, QATLinear)}
-    names = [n for n in linears if name_matches(n, include) and not name_matches(n, exclude)]
+    names = select_names(linears, include, exclude)
     if not names:
         raise ValueError(f"no linear layer matched include={include}, exclude={exclude}; "
                          f"linear layers: {list(linears)}")

@@ -21,7 +21,6 @@ The interface follows torch.ao.quantization's observers (`forward(x)` accumulate
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -92,34 +91,6 @@ def check_input(x: Tensor) -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or Inf; calibrate on finite values only")
     return x
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """`value` must be an int (not a bool) with low <= value (<= high)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
-def check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
-    """`value` must be a real number in (low, high] (or [low, high] with low_open=False)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    if math.isnan(value) or too_low or value > high:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
-    return value
 
 
 def check_axis(axis: object) -> int | None:

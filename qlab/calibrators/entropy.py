@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qlab.calibrators.base import check_bool, check_int
 from qlab.calibrators.histogram import HistogramCalibrator
+from qlab.checks import check_bool, check_int
 
 _MAX_GATHER = 1 << 21  # elements per (candidates, chunks) block: bounds memory for large `bits`
 

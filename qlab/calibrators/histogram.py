@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qlab.calibrators.base import CalibrationResult, Calibrator, check_input, check_int
+from qlab.calibrators.base import CalibrationResult, Calibrator, check_input
+from qlab.checks import check_int
 from qlab.quantize import F32_MAX
 
 MAX_BINS = 1 << 24  # 128 MB of int64 counts: a later batch this far beyond the first is refused

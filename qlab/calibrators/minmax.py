@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qlab.calibrators.base import (
-    CalibrationResult, Calibrator, batch_aminmax, check_axis, check_bool,
-)
+from qlab.calibrators.base import CalibrationResult, Calibrator, batch_aminmax, check_axis
+from qlab.checks import check_bool
 
 
 class MinMax(Calibrator):

@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qlab.calibrators.base import (
-    CalibrationResult, Calibrator, batch_aminmax, check_axis, check_float,
-)
+from qlab.calibrators.base import CalibrationResult, Calibrator, batch_aminmax, check_axis
+from qlab.checks import check_float
 
 
 def moving_average(previous: Tensor, current: Tensor, c: float) -> Tensor:
@@ -30,6 +29,8 @@ def moving_average(previous: Tensor, current: Tensor, c: float) -> Tensor:
     float64 (the result lies between them, so it fits float32 again).
     """
     diff = current - previous
+    if not torch.isinf(diff).any():
+        return previous + c * diff
     wide = previous.double() + c * (current.double() - previous.double())
     return torch.where(torch.isinf(diff), wide.float(), previous + c * diff)
 

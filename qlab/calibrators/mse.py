@@ -29,8 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-from qlab.calibrators.base import check_bool, check_int
 from qlab.calibrators.histogram import HistogramCalibrator
+from qlab.checks import check_bool, check_int
 
 _MAX_BLOCK = 1 << 21  # elements of one (candidates, bins) block
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qlab.calibrators.base import check_float
 from qlab.calibrators.histogram import HistogramCalibrator
+from qlab.checks import check_float
 
 
 class Percentile(HistogramCalibrator):

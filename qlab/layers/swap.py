@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from qlab.calibrators.base import CalibrationResult
-from qlab.capture import check_patterns, in_features_of, is_linear_like, name_matches
+from qlab.capture import check_patterns, in_features_of, is_linear_like, select_names
 from qlab.layers.fp8 import FP8_FORMATS, WEIGHT_GRANULARITIES, FP8Linear
 from qlab.layers.llm_int8 import DEFAULT_THRESHOLD, LLMInt8Linear
 from qlab.layers.w8a8 import W8A8Linear
@@ -148,7 +148,7 @@ Plan = Union[QuantRecipe, Mapping[str, Optional[QuantRecipe]], Callable[[str, nn
 def _selected(linears: Mapping[str, nn.Module], recipe: Plan, include: tuple[str, ...],
               exclude: tuple[str, ...]) -> list[str]:
     """The names to swap, in model order; clear errors when nothing (or a planned name) is selected."""
-    names = [n for n in linears if name_matches(n, include) and not name_matches(n, exclude)]
+    names = select_names(linears, include, exclude)
     if isinstance(recipe, Mapping):
         unknown = sorted(set(recipe) - set(linears))
         if unknown:

@@ -16,6 +16,8 @@ import random
 from matplotlib.axes import Axes
 from matplotlib.ticker import LogFormatter, LogLocator, NullLocator
 
+from qlab.checks import check_int
+
 
 # The thread policy of the tutorial: torch runs on one thread in every notebook. A sum split over
 # threads is added in another order on another core count, and its last bits change; on one thread the
@@ -30,8 +32,7 @@ def setup_notebook(seed: int = 0) -> None:
     import numpy as np
     import torch
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int("seed", seed, 0, 2**32 - 1)  # numpy's legacy seeding takes 32 bits
     torch.set_num_threads(NOTEBOOK_THREADS)
     torch.manual_seed(seed)
     np.random.seed(seed)
