@@ -115,7 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qlab import train as training
 
     with _user_errors():
-        cfg = training.TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+        cfg = training.TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                   seed=args.seed)
     out = Path(args.out) if args.out else checkpoint.CHECKPOINT_DIR
     _check_output(args.workdir, "--workdir", directory=True)
     _check_output(out, "--out" if args.out else "the checkpoint folder", directory=True)
@@ -270,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU and Triton mode").set_defaults(func=cmd_info)
     t = sub.add_parser("train", help="train the shipped model from scratch")
+    t.add_argument("--preset", default="small", help="model shape, one of qlab.model.PRESETS (default small)")
     t.add_argument("--steps", type=int, default=2500)
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--workdir", default="runs/train", help="where resumable training state is kept")

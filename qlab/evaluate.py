@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from qlab.checks import check_int, check_seed
 from qlab.corpus import load_corpus
 from qlab.model import VOCAB_SIZE, check_token_ids
+from qlab.stats import windows_fingerprint
 
 FAST_WINDOWS = 16
 
@@ -37,9 +38,19 @@ class PerplexityResult:
     nll: float  # mean negative log-likelihood per byte, in nats
     tokens: int  # number of predicted bytes
     seconds: float
+    window_nll: tuple[float, ...] = field(default=(), repr=False)  # mean NLL of each window, in order
+    windows_sha: str = ""  # fingerprint of the windows (qlab.stats.windows_fingerprint): pairs only if equal
 
     def __str__(self) -> str:
         return f"perplexity {self.perplexity:.4f} ({self.bits_per_byte:.4f} bits/byte over {self.tokens} bytes)"
+
+    def interval(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
+        """Bootstrap interval of the perplexity over windows (``qlab.stats.perplexity_interval``)."""
+        from qlab.stats import perplexity_interval
+
+        if len(self.window_nll) < 2:
+            raise ValueError(f"an interval needs at least 2 windows, this result has {len(self.window_nll)}")
+        return perplexity_interval(self.window_nll, level=level, n_boot=n_boot, seed=seed)
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -76,20 +87,23 @@ def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total, count, per_window = 0.0, 0, []
     try:
         for i in range(0, windows.shape[0], batch_size):
             w = windows[i : i + batch_size].to(device)
             logits = model(w[:, :-1])  # (b, T, V)
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("the model produced NaN/Inf logits: perplexity is undefined")
-            loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
-            total += loss.item()
+            loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                                   reduction="none").view(w.shape[0], -1)  # (b, T)
+            total += loss.sum().item()
             count += w[:, 1:].numel()
+            per_window += loss.mean(dim=1).tolist()
     finally:
         model.train(was_training)
     nll = total / count
-    return PerplexityResult(math.exp(nll), nll / math.log(2), nll, count, time.perf_counter() - t0)
+    return PerplexityResult(math.exp(nll), nll / math.log(2), nll, count, time.perf_counter() - t0,
+                            tuple(per_window), windows_fingerprint(windows))
 
 
 def perplexity(model: nn.Module, split: str = "test", mode: str = "fast", *, context: int | None = None,

@@ -37,12 +37,20 @@ class ModelConfig:
     fused_qkv: bool = False  # one (3C, C) projection instead of three (C, C) ones
     tie_weights: bool = False  # share the token embedding with lm_head
     vocab_size: int = VOCAB_SIZE
+    # A fixed beginning-of-sequence byte the model puts before every window it reads (None: no such byte).
+    # It gives attention a content-free place to park ("attention sink"), which is where LLMs grow
+    # their massive activations; its output is dropped, so callers see (B, T) in, (B, T, V) out as usual.
+    bos_byte: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "vocab_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
+        if self.bos_byte is not None and (isinstance(self.bos_byte, bool) or not isinstance(self.bos_byte, int)
+                                          or not 0 <= self.bos_byte < self.vocab_size):
+            raise ValueError(f"ModelConfig.bos_byte must be None or an int in [0, {self.vocab_size - 1}], "
+                             f"got {self.bos_byte!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -67,6 +75,8 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),
     # For fast unit tests only.
     "tiny": ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64),
+    # The shipped model's shape with a sink byte (0x00, which the corpus never contains) before every window.
+    "small_sink": ModelConfig(block_size=256, n_layer=4, n_head=4, n_embd=256, bos_byte=0),
 }
 
 
@@ -129,7 +139,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size + (cfg.bos_byte is not None), cfg.n_embd)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -160,8 +170,12 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds the context length block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        bos = self.config.bos_byte
+        if bos is not None:
+            idx = torch.cat([idx.new_full((B, 1), bos), idx], dim=1)  # (B, 1 + T)
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,) or (1 + T,)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T', C)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        logits = self.lm_head(self.ln_f(x))  # (B, T', vocab)
+        return logits if bos is None else logits[:, 1:]  # (B, T, vocab)

@@ -84,3 +84,56 @@ def format_outlier_table(rows: list[OutlierRow]) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *(fmt(b) for b in body)])
+
+
+# ----------------------------------------------------------------------------- the constructed "outlier twin"
+
+TWIN_CHANNELS = 3      # 1% of a 256-wide residual stream (rounded up), as in AWQ's "1% salient channels"
+TWIN_FACTOR = 12.0
+
+
+def outlier_twin(model, calib_tokens, *, channels: int = TWIN_CHANNELS, factor: float = TWIN_FACTOR,
+                 exclude=("lm_head",)):
+    """A CONSTRUCTED copy of ``model`` with outlier channels: SmoothQuant's fold run backwards.
+
+    The ``channels`` residual channels with the largest calibration max |x| (summed over every norm's
+    output) are multiplied by ``factor`` in every LayerNorm's gain and bias, and the matching input
+    columns of the linears reading that norm are divided by ``factor`` (``qlab.algorithms.fold_scales``
+    with ``s = 1 / factor`` on those channels). The float function is the same up to rounding; what
+    changes is how hard it is to quantize: those channels' activations are ``factor`` times larger
+    and their weights ``factor`` times smaller. It teaches the equivalence behind SmoothQuant and AWQ;
+    it is not what training produced, and everything that shows it says so. Returns (twin, channel ids).
+    """
+    import copy
+    import numbers
+
+    import torch.nn as nn
+
+    from qlab.algorithms.fold import fold_scales
+    from qlab.algorithms.smoothquant import collect_smoothing_groups
+    from qlab.checks import check_int
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_int("channels", channels, 1)
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 1 <= factor < math.inf:
+        raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
+    groups = collect_smoothing_groups(model, calib_tokens, exclude=exclude)
+    if not groups:
+        raise ValueError("model has no norm -> linear groups to fold into (see qlab.algorithms.smoothing_groups)")
+    widths = {g.act_absmax.numel() for g in groups}
+    if len(widths) != 1:
+        raise ValueError(f"the norms of model have different widths {sorted(widths)}; one residual width is needed")
+    width = widths.pop()
+    if channels >= width:
+        raise ValueError(f"channels must be < the residual width {width}, got {channels}")
+    total = torch.stack([g.act_absmax.double() for g in groups]).sum(dim=0)  # (C,)
+    chosen = torch.argsort(total, descending=True, stable=True)[:channels]
+    s = torch.ones(width)
+    s[chosen] = 1.0 / float(factor)
+    twin = copy.deepcopy(model)
+    modules = dict(twin.named_modules())
+    with torch.no_grad():
+        for g in groups:
+            fold_scales(modules[g.norm], [modules[n] for n in g.linears], s.to(modules[g.norm].weight.dtype))
+    return twin, tuple(int(c) for c in chosen)

@@ -1,0 +1,161 @@
+"""Do the outlier lessons show their phenomena on a model? The figures of notebooks 6 and 8, measured.
+
+``measure_phenomena(model, calib, windows)`` measures, on the given evaluation windows (the full test
+split in ``benchmarks/bench_phenomena.py``, a fast subset in the tests):
+
+* the largest channel ratio ``max_j max|x_j| / median_j max|x_j|`` over every linear's input
+  (``qlab.outliers.outlier_report`` on the calibration windows);
+* naive W8A8 with static per-tensor activations (``qlab.lessons.smoothing.naive_w8a8``): its loss
+  against float, with a paired 95% interval (``qlab.stats``);
+* how much of that loss SmoothQuant (alpha 0.5, same activations) and LLM.int8() (threshold 6) win
+  back: ``(naive - method) / (naive - float)``, with paired intervals;
+* int3 g128 round-to-nearest of every linear of the blocks, and how much of its loss keeping 1% of
+  each layer's input channels in float wins back, for the most activated channels (AWQ's salient
+  channels, by mean |x|) and for a seeded random 1%.
+
+``TARGETS`` are the bars the lessons need (issue 13); ``PhenomenaReport.met`` checks each one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from qlab.capture import capture_activations
+from qlab.evaluate import PerplexityResult, perplexity_on
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.outliers import outlier_report
+from qlab.stats import PairedDifference, Recovery, compare, recovery
+
+TARGETS = {
+    "outlier_ratio": 20.0,        # max|x| of the largest channel / the median channel's, on some linear input
+    "w8a8_loss_pct": 3.0,         # naive W8A8, static per-tensor activations, vs float
+    "smoothquant_recovery": 0.5,  # share of that loss SmoothQuant alpha 0.5 wins back
+    "llm_int8_recovery": 0.5,     # ... and LLM.int8() at threshold 6
+    "salient_recovery": 0.3,      # share of int3-g128 RTN's loss that 1% salient channels in float win back
+    "salient_over_random": 3.0,   # ... at least this many times what a random 1% wins back
+}
+SALIENT_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class PhenomenaReport:
+    label: str
+    windows: int
+    max_ratio: float
+    ratio_layer: str
+    float_result: PerplexityResult
+    w8a8: PairedDifference            # naive per-tensor W8A8 vs float
+    smoothquant: Recovery
+    llm_int8: Recovery
+    rtn: PairedDifference             # int3 g128 RTN vs float
+    salient: Recovery
+    random: Recovery
+    results: dict = field(default_factory=dict, repr=False)   # name -> PerplexityResult
+
+    @property
+    def salient_over_random(self) -> float:
+        """How many times the random 1%'s recovery the salient 1% wins (inf when random wins nothing)."""
+        return self.salient.value / self.random.value if self.random.value > 0 else math.inf
+
+    def met(self) -> dict[str, bool]:
+        t = TARGETS
+        return {"outlier_ratio": self.max_ratio >= t["outlier_ratio"],
+                "w8a8_loss_pct": self.w8a8.change_pct >= t["w8a8_loss_pct"],
+                "smoothquant_recovery": self.smoothquant.value >= t["smoothquant_recovery"],
+                "llm_int8_recovery": self.llm_int8.value >= t["llm_int8_recovery"],
+                "salient_recovery": self.salient.value >= t["salient_recovery"],
+                "salient_over_random": self.salient_over_random >= t["salient_over_random"]}
+
+    def table(self) -> str:
+        """One line per figure: measured value, its 95% interval, the target, met or not."""
+        ok = self.met()
+        mark = lambda k: "yes" if ok[k] else "NO"
+        sor = self.salient_over_random
+        lines = [f"{self.label}: {self.windows} test windows, 95% paired bootstrap intervals",
+                 f"{'figure':<44} {'measured':>28} {'target':>8} {'met':>4}",
+                 f"{'largest channel max|x| / median (' + self.ratio_layer + ')':<44} {self.max_ratio:28.1f} "
+                 f"{'>= 20':>8} {mark('outlier_ratio'):>4}",
+                 f"{'naive W8A8 per-tensor: perplexity change':<44} "
+                 f"{self.w8a8.change_pct:+8.2f}% [{self.w8a8.change_interval.low:+.2f}, "
+                 f"{self.w8a8.change_interval.high:+.2f}]".ljust(73) + f" {'>= 3%':>8} {mark('w8a8_loss_pct'):>4}",
+                 f"{'  SmoothQuant a=0.5 recovers':<44} {str(self.smoothquant):>28} {'>= 50%':>8} "
+                 f"{mark('smoothquant_recovery'):>4}",
+                 f"{'  LLM.int8() tau=6 recovers':<44} {str(self.llm_int8):>28} {'>= 50%':>8} "
+                 f"{mark('llm_int8_recovery'):>4}",
+                 f"{'int3 g128 RTN: perplexity change':<44} "
+                 f"{self.rtn.change_pct:+8.2f}% [{self.rtn.change_interval.low:+.2f}, "
+                 f"{self.rtn.change_interval.high:+.2f}]".ljust(73) + f" {'':>8} {'':>4}",
+                 f"{'  1% most activated channels in float recover':<44} {str(self.salient):>28} {'>= 30%':>8} "
+                 f"{mark('salient_recovery'):>4}",
+                 f"{'  a random 1% recovers':<44} {str(self.random):>28}",
+                 f"{'  salient / random':<44} {('inf' if math.isinf(sor) else f'{sor:.1f}x'):>28} {'>= 3x':>8} "
+                 f"{mark('salient_over_random'):>4}"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        def pair(p: PairedDifference) -> dict:
+            return {"perplexity": p.b, "change_pct": p.change_pct,
+                    "change_interval_pct": [p.change_interval.low, p.change_interval.high]}
+
+        def rec(r: Recovery) -> dict:
+            return {"recovery": r.value, "interval": [r.interval.low, r.interval.high]}
+
+        f = self.float_result
+        lo, hi = f.interval().low, f.interval().high
+        return {"label": self.label, "windows": self.windows, "max_ratio": self.max_ratio,
+                "ratio_layer": self.ratio_layer, "float_perplexity": f.perplexity, "float_interval": [lo, hi],
+                "w8a8_per_tensor": pair(self.w8a8), "smoothquant_0.5": rec(self.smoothquant),
+                "llm_int8_6": rec(self.llm_int8), "rtn_int3_g128": pair(self.rtn),
+                "salient_1pct": rec(self.salient), "random_1pct": rec(self.random),
+                "salient_over_random": None if math.isinf(self.salient_over_random) else self.salient_over_random,
+                "targets": TARGETS, "met": self.met()}
+
+
+@torch.no_grad()
+def keep_salient_rtn(model: nn.Module, stats, how: str, *, bits: int = 3, group_size: int = 128,
+                     fraction: float = SALIENT_FRACTION, seed: int = 0) -> nn.Module:
+    """A copy with every linear of the blocks rounded to int``bits`` g``group_size`` but for
+    ``fraction`` of its input channels, chosen by ``how`` (``qlab.lessons.awq_search.SELECTIONS``)."""
+    from qlab.lessons.awq_search import group_spec, keep_float_columns, salient_channels
+    from qlab.lessons.gptq_steps import block_linears
+
+    gen = torch.Generator().manual_seed(seed)
+    qmodel = copy.deepcopy(model)
+    for name in block_linears(model):
+        lin = qmodel.get_submodule(name)
+        keep = salient_channels(stats[name].mean_abs, lin.weight, fraction, how, gen)
+        lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
+    return qmodel
+
+
+@torch.no_grad()
+def measure_phenomena(model: nn.Module, calib: Tensor, windows: Tensor, label: str = "model") -> PhenomenaReport:
+    """Every figure of ``TARGETS`` on ``model`` (see the module docstring); calib: (n, T) calibration windows."""
+    from qlab.algorithms.smoothquant import smoothquant_quantize_model
+    from qlab.lessons.smoothing import naive_w8a8
+
+    model.eval()
+    with capture_activations(model) as stats:
+        for batch in calib.split(8):
+            model(batch)
+    report = outlier_report(stats)
+    top = max(report, key=lambda r: r.ratio)
+    res = {"float": perplexity_on(model, windows)}
+    res["w8a8"] = perplexity_on(naive_w8a8(model, calib, "per_tensor"), windows)
+    res["smoothquant"] = perplexity_on(smoothquant_quantize_model(model, calib, 0.5, "per_tensor"), windows)
+    res["llm_int8"] = perplexity_on(quantize_model(model, QuantRecipe("llm_int8", threshold=6.0),
+                                                   exclude=("lm_head",)), windows)
+    for how in ("none", "activation", "random"):
+        res[f"rtn_{how}"] = perplexity_on(keep_salient_rtn(model, stats, how), windows)
+    nll = {k: r.window_nll for k, r in res.items()}
+    return PhenomenaReport(
+        label, windows.shape[0], top.ratio, top.layer, res["float"], compare(res["float"], res["w8a8"]),
+        recovery(nll["float"], nll["w8a8"], nll["smoothquant"]), recovery(nll["float"], nll["w8a8"], nll["llm_int8"]),
+        compare(res["float"], res["rtn_none"]), recovery(nll["float"], nll["rtn_none"], nll["rtn_activation"]),
+        recovery(nll["float"], nll["rtn_none"], nll["rtn_random"]), res)
