@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from qlab.checks import check_int, check_seed
+from qlab.checks import check_int
 
 LEVEL = 0.95
 N_BOOT = 2000
@@ -57,7 +57,7 @@ def resample_indices(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarr
     """(n_boot, n) window indices drawn with replacement from ``default_rng(seed)``."""
     check_int("n", n, 1)
     check_int("n_boot", n_boot, 1)
-    check_seed(seed)
+    check_int("seed", seed, 0, 2**64 - 1)  # numpy's default_rng takes non-negative seeds
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
@@ -190,3 +190,30 @@ def recovery(nll_reference, nll_base, nll_method, *, level: float = LEVEL, n_boo
         boot = (b - m) / (b - r)
     boot = boot[np.isfinite(boot)]
     return Recovery((base - method) / (base - ref), Interval(*_quantiles(boot, level), level), base - ref)
+
+
+def change_cell(reference, result, width: int = 0) -> str:
+    """'+1.23% [+0.98, +1.49]': ``result``'s perplexity change against ``reference`` with its paired 95%
+    interval, when both are ``PerplexityResult``s measured on the same windows; else just '+1.23%'.
+    ``reference`` / ``result`` may also be plain perplexities (floats)."""
+    ppl = lambda r: r if isinstance(r, numbers.Real) else r.perplexity
+    text = f"{100 * (ppl(result) / ppl(reference) - 1):+.2f}%"
+    if (getattr(reference, "window_nll", None) and getattr(result, "window_nll", None)
+            and reference.windows_sha == result.windows_sha):
+        if reference.window_nll == result.window_nll:
+            text = f"{text} [+0.00, +0.00]"
+        else:
+            iv = compare(reference, result).change_interval
+            text = f"{text} [{iv.low:+.2f}, {iv.high:+.2f}]"
+    return text.rjust(width)
+
+
+def perplexity_cell(result, digits: int = 3, width: int = 0) -> str:
+    """'2.412 [2.381, 2.444]': a perplexity with its 95% bootstrap interval when it has windows to resample."""
+    if isinstance(result, numbers.Real):
+        return f"{result:.{digits}f}".rjust(width)
+    text = f"{result.perplexity:.{digits}f}"
+    if len(getattr(result, "window_nll", ())) >= 2:
+        iv = result.interval()
+        text = f"{text} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+    return text.rjust(width)

@@ -172,7 +172,7 @@ def test_table_equals_the_library_models():
     x_max = capture(model, calib)["blocks.0.attn.q"].absmax.max()
     assert float(lin.act_scale) == pytest.approx(float(x_max) / 127, rel=1e-6)
     text = format_smoothquant_table(rows, 5.0)
-    assert "naive" in text and "SmoothQuant 0.50" in text and "per-token ppl" in text
+    assert "naive" in text and "SmoothQuant 0.50" in text and "per-token: ppl" in text
 
 
 def test_bad_arguments():

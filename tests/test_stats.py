@@ -120,3 +120,34 @@ def test_perplexity_results_carry_their_windows_and_pair():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_table_cells_print_the_paired_interval():
+    from qlab.stats import change_cell, perplexity_cell
+
+    model = tiny_model()
+    w = eval_windows(torch.arange(3000) % 251, 32, "full")
+    ref = perplexity_on(model, w)
+    with torch.no_grad():
+        noisy = tiny_model()
+        for p in noisy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    res = perplexity_on(noisy, w)
+    d = compare(ref, res)
+    cell = change_cell(ref, res)
+    assert cell == (f"{d.change_pct:+.2f}% [{d.change_interval.low:+.2f}, {d.change_interval.high:+.2f}]")
+    assert change_cell(ref.perplexity, res.perplexity) == f"{d.change_pct:+.2f}%"     # numbers: no interval
+    assert change_cell(ref, perplexity_on(noisy, w[:-1])).count("[") == 0            # other windows: no pairing
+    iv = ref.interval()
+    assert perplexity_cell(ref, digits=4) == f"{ref.perplexity:.4f} [{iv.low:.4f}, {iv.high:.4f}]"
+
+
+def test_lesson_tables_carry_intervals():
+    from qlab.lessons.ptq import PTQRow, format_ptq_table
+
+    model = tiny_model()
+    w = eval_windows(torch.arange(3000) % 251, 32, "full")
+    a = perplexity_on(model, w)
+    rows = [PTQRow("float", "fp32", 1, a.perplexity, "", a), PTQRow("same", "fp32", 1, a.perplexity, "", a)]
+    text = format_ptq_table(rows)
+    assert "[+0.00, +0.00]" in text and f"{a.interval().low:.3f}" in text

@@ -30,7 +30,8 @@ from torch import Tensor
 from qlab.algorithms.awq import AWQReport, awq_quantize_model, awq_scale_model, scale_candidates, search_scales
 from qlab.algorithms.smoothquant import relative_error
 from qlab.capture import ActivationStats
-from qlab.evaluate import perplexity_on
+from qlab.evaluate import PerplexityResult, perplexity_on
+from qlab.stats import change_cell, perplexity_cell
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import weight_spec
 from qlab.lessons.gptq_steps import block_linears
@@ -80,6 +81,7 @@ class SalientRow:
     channels: int          # float input channels of the chosen layer
     layer_error: float     # relative output error of that layer on its captured rows
     perplexity: float
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 @torch.no_grad()
@@ -99,14 +101,17 @@ def salient_table(model: nn.Module, stats: ActivationStats, layer: str, x: Tenso
             lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
             kept[name] = keep.numel()
         ref, q = model.get_submodule(layer), qmodel.get_submodule(layer)
-        rows.append(SalientRow(how, kept[layer], relative_error(q(x), ref(x)), perplexity_on(qmodel, windows).perplexity))
+        res = perplexity_on(qmodel, windows)
+        rows.append(SalientRow(how, kept[layer], relative_error(q(x), ref(x)), res.perplexity, res))
     return rows
 
 
-def format_salient_table(rows: Sequence[SalientRow], layer: str, float_ppl: float) -> str:
-    lines = [f"{'float channels':<16} {'kept in ' + layer:>24} {'layer error':>11} {'perplexity':>10} {'vs float':>9}"]
+def format_salient_table(rows: Sequence[SalientRow], layer: str, float_ppl) -> str:
+    """``float_ppl``: the float model's ``PerplexityResult`` on the same windows (paired intervals), or a number."""
+    lines = [f"{'float channels':<16} {'kept in ' + layer:>24} {'layer error':>11} {'perplexity':>10} "
+             f"{'vs float [paired 95% CI]':>26}"]
     lines += [f"{r.selection:<16} {r.channels:24d} {r.layer_error:11.3e} {r.perplexity:10.3f} "
-              f"{100 * (r.perplexity / float_ppl - 1):+8.2f}%" for r in rows]
+              f"{change_cell(float_ppl, r.result or r.perplexity, width=26)}" for r in rows]
     return "\n".join(lines)
 
 
@@ -251,6 +256,7 @@ def plot_clip_ratios(report: AWQReport) -> plt.Figure:
 class AWQRow:
     method: str
     perplexity: float
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 def awq_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor, bits: int = 4,
@@ -260,15 +266,21 @@ def awq_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor, bits: int
     recipe = QuantRecipe("weight_only", bits=bits, group_size=group_size)
     scaled, _ = awq_scale_model(model, calib_tokens, bits, group_size, progress=False)
     full, report = awq_quantize_model(model, calib_tokens, bits, group_size, progress=False)
-    rows = [AWQRow("round-to-nearest", perplexity_on(quantize_model(model, recipe), windows).perplexity),
-            AWQRow("AWQ scales", perplexity_on(quantize_model(scaled, recipe), windows).perplexity),
-            AWQRow("AWQ scales + clip", perplexity_on(full, windows).perplexity)]
+    rows = []
+    for method, qmodel in (("round-to-nearest", quantize_model(model, recipe)),
+                           ("AWQ scales", quantize_model(scaled, recipe)), ("AWQ scales + clip", full)):
+        res = perplexity_on(qmodel, windows)
+        rows.append(AWQRow(method, res.perplexity, res))
     return rows, report
 
 
-def format_awq_table(rows: Sequence[AWQRow], float_ppl: float) -> str:
-    lines = [f"{'method':<20} {'perplexity':>10} {'vs float':>9}"]
-    lines += [f"{r.method:<20} {r.perplexity:10.3f} {100 * (r.perplexity / float_ppl - 1):+8.2f}%" for r in rows]
-    lines.append(f"{'float':<20} {float_ppl:10.3f}")
+def format_awq_table(rows: Sequence[AWQRow], float_ppl) -> str:
+    """Perplexity, change against float and against the first row (round-to-nearest), with paired 95%
+    intervals when ``float_ppl`` is the float model's ``PerplexityResult`` on the same windows."""
+    base = rows[0].result or rows[0].perplexity
+    lines = [f"{'method':<20} {'perplexity':>10} {'vs float [paired 95% CI]':>26} {'vs ' + rows[0].method:>26}"]
+    lines += [f"{r.method:<20} {r.perplexity:10.3f} {change_cell(float_ppl, r.result or r.perplexity, width=26)} "
+              f"{change_cell(base, r.result or r.perplexity, width=26)}" for r in rows]
+    lines.append(f"{'float':<20} {perplexity_cell(float_ppl, width=10)}")
     return "\n".join(lines)
 

@@ -75,28 +75,26 @@ class PhenomenaReport:
     def table(self) -> str:
         """One line per figure: measured value, its 95% interval, the target, met or not."""
         ok = self.met()
-        mark = lambda k: "yes" if ok[k] else "NO"
         sor = self.salient_over_random
-        lines = [f"{self.label}: {self.windows} test windows, 95% paired bootstrap intervals",
-                 f"{'figure':<44} {'measured':>28} {'target':>8} {'met':>4}",
-                 f"{'largest channel max|x| / median (' + self.ratio_layer + ')':<44} {self.max_ratio:28.1f} "
-                 f"{'>= 20':>8} {mark('outlier_ratio'):>4}",
-                 f"{'naive W8A8 per-tensor: perplexity change':<44} "
-                 f"{self.w8a8.change_pct:+8.2f}% [{self.w8a8.change_interval.low:+.2f}, "
-                 f"{self.w8a8.change_interval.high:+.2f}]".ljust(73) + f" {'>= 3%':>8} {mark('w8a8_loss_pct'):>4}",
-                 f"{'  SmoothQuant a=0.5 recovers':<44} {str(self.smoothquant):>28} {'>= 50%':>8} "
-                 f"{mark('smoothquant_recovery'):>4}",
-                 f"{'  LLM.int8() tau=6 recovers':<44} {str(self.llm_int8):>28} {'>= 50%':>8} "
-                 f"{mark('llm_int8_recovery'):>4}",
-                 f"{'int3 g128 RTN: perplexity change':<44} "
-                 f"{self.rtn.change_pct:+8.2f}% [{self.rtn.change_interval.low:+.2f}, "
-                 f"{self.rtn.change_interval.high:+.2f}]".ljust(73) + f" {'':>8} {'':>4}",
-                 f"{'  1% most activated channels in float recover':<44} {str(self.salient):>28} {'>= 30%':>8} "
-                 f"{mark('salient_recovery'):>4}",
-                 f"{'  a random 1% recovers':<44} {str(self.random):>28}",
-                 f"{'  salient / random':<44} {('inf' if math.isinf(sor) else f'{sor:.1f}x'):>28} {'>= 3x':>8} "
-                 f"{mark('salient_over_random'):>4}"]
-        return "\n".join(lines)
+
+        def line(figure: str, measured: str, target: str = "", key: str = "") -> str:
+            met = ("yes" if ok[key] else "NO") if key else ""
+            return f"{figure:<46} {measured:>30} {target:>7} {met:>4}".rstrip()
+
+        change = lambda p: f"{p.change_pct:+.2f}% [{p.change_interval.low:+.2f}, {p.change_interval.high:+.2f}]"
+        return "\n".join([
+            f"{self.label}: {self.windows} test windows, 95% paired bootstrap intervals",
+            line("figure", "measured", "target") + "  met",
+            line(f"largest channel max|x| / median", f"{self.max_ratio:.1f} ({self.ratio_layer})", ">= 20",
+                 "outlier_ratio"),
+            line("naive W8A8 per-tensor, perplexity change", change(self.w8a8), ">= 3%", "w8a8_loss_pct"),
+            line("  SmoothQuant a=0.5 wins back", str(self.smoothquant), ">= 50%", "smoothquant_recovery"),
+            line("  LLM.int8() tau=6 wins back", str(self.llm_int8), ">= 50%", "llm_int8_recovery"),
+            line("int3 g128 RTN, perplexity change", change(self.rtn)),
+            line("  1% most activated channels in float win back", str(self.salient), ">= 30%", "salient_recovery"),
+            line("  a random 1% in float wins back", str(self.random)),
+            line("  salient / random", "inf" if math.isinf(sor) else f"{sor:.1f}x", ">= 3x", "salient_over_random"),
+        ])
 
     def to_dict(self) -> dict:
         def pair(p: PairedDifference) -> dict:

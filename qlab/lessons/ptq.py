@@ -34,12 +34,13 @@ from torch import Tensor
 
 from qlab.calibrators import CalibrationResult, MinMax
 from qlab.capture import capture_activations
-from qlab.evaluate import generate, perplexity_on
+from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
 from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear
 from qlab.sizes import model_bytes
 from qlab.spec import QuantSpec
+from qlab.stats import change_cell, perplexity_cell
 
 SCHEMES: dict[str, QuantRecipe] = {
     "int8 weight-only": QuantRecipe("weight_only", bits=8, group_size=None, symmetric=True),
@@ -74,25 +75,29 @@ class PTQRow:
     size_bytes: int        # everything the model stores (``model_size_bytes``)
     perplexity: float      # fast perplexity
     sample: str            # greedy continuation of the prompt
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 def ptq_table(model: nn.Module, windows: Tensor, act_ranges: Mapping[str, CalibrationResult],
               schemes: Mapping[str, QuantRecipe] = SCHEMES, prompt: str = "def ", n_tokens: int = 80) -> list[PTQRow]:
     """The float model and each scheme of ``schemes``: size, perplexity on ``windows``, greedy sample."""
-    rows = [PTQRow("float", "fp32", model_size_bytes(model), perplexity_on(model, windows).perplexity,
-                   generate(model, prompt, n_tokens))]
+    res = perplexity_on(model, windows)
+    rows = [PTQRow("float", "fp32", model_size_bytes(model), res.perplexity, generate(model, prompt, n_tokens), res)]
     for name, recipe in schemes.items():
         qmodel = quantize_model(model, recipe, act_ranges=act_ranges)
-        rows.append(PTQRow(name, recipe.describe(), model_size_bytes(qmodel), perplexity_on(qmodel, windows).perplexity,
-                           generate(qmodel, prompt, n_tokens)))
+        res = perplexity_on(qmodel, windows)
+        rows.append(PTQRow(name, recipe.describe(), model_size_bytes(qmodel), res.perplexity,
+                           generate(qmodel, prompt, n_tokens), res))
     return rows
 
 
 def format_ptq_table(rows: Sequence[PTQRow]) -> str:
-    base = rows[0].perplexity
-    lines = [f"{'scheme':<22} {'size MB':>8} {'perplexity':>10} {'vs float':>9}"]
-    lines += [f"{r.name:<22} {r.size_bytes / 1e6:8.2f} {r.perplexity:10.3f} {100 * (r.perplexity / base - 1):+8.2f}%"
-              for r in rows]
+    """Size, perplexity with its 95% bootstrap interval, and the change against float with its paired
+    95% interval (``qlab.stats``): a change whose interval holds 0 is not a measured difference."""
+    base = rows[0].result or rows[0].perplexity
+    lines = [f"{'scheme':<22} {'size MB':>8} {'perplexity [95% CI]':>22} {'vs float [paired 95% CI]':>26}"]
+    lines += [f"{r.name:<22} {r.size_bytes / 1e6:8.2f} {perplexity_cell(r.result or r.perplexity, width=22)} "
+              f"{change_cell(base, r.result or r.perplexity, width=26)}" for r in rows]
     return "\n".join(lines)
 
 

@@ -37,10 +37,11 @@ from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absma
                                          w8a8_group_error)
 from qlab.calibrators import CalibrationResult
 from qlab.capture import ActivationStats, linear_layers, name_matches
-from qlab.evaluate import perplexity_on
+from qlab.evaluate import PerplexityResult, perplexity_on
 from qlab.layers.llm_int8 import LLMInt8Linear, outlier_columns
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.outliers import LLM_INT8_THRESHOLD
+from qlab.stats import change_cell, perplexity_cell
 
 ACTS = ("per_tensor", "per_token")
 ALPHAS = ALPHA_GRID   # the alpha slider: 0.00, 0.05, ..., 1.00 (the grid of alpha="auto")
@@ -96,6 +97,7 @@ class Int8Row:
     model_columns: float    # share of all quantized linears' input columns with calibration max |x| >= threshold
     layer_error: float      # relative output error of that layer as LLMInt8Linear on its captured rows
     perplexity: float
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 @torch.no_grad()
@@ -111,17 +113,19 @@ def llm_int8_sweep(model: nn.Module, stats: ActivationStats, layer: str, x: Tens
         cols = sum(int((stats[n].absmax >= t).sum()) for n in names)
         total = sum(stats[n].in_features for n in names)
         y = LLMInt8Linear.from_float(linear, t)(x)
+        res = perplexity_on(qmodel, windows)
         rows.append(Int8Row(float(t), int(outlier_columns(x, t).sum()), cols / total, relative_error(y, ref),
-                            perplexity_on(qmodel, windows).perplexity))
+                            res.perplexity, res))
     return rows
 
 
-def format_int8_table(rows: Sequence[Int8Row], layer: str, float_ppl: float) -> str:
-    lines = [f"{'threshold':>9} {'float cols (' + layer + ')':>34} {'all layers':>10} {'layer error':>11} "
-             f"{'perplexity':>10} {'vs float':>9}"]
+def format_int8_table(rows: Sequence[Int8Row], layer: str, float_ppl) -> str:
+    """``float_ppl``: the float model's ``PerplexityResult`` on the same windows (paired intervals), or a number."""
+    lines = [f"{'threshold':>9} {'float cols (' + layer + ')':>30} {'all layers':>10} {'layer error':>11} "
+             f"{'perplexity':>10} {'vs float [paired 95% CI]':>26}"]
     for r in rows:
-        lines.append(f"{r.threshold:9g} {r.layer_columns:34d} {100 * r.model_columns:9.2f}% {r.layer_error:11.3e} "
-                     f"{r.perplexity:10.3f} {100 * (r.perplexity / float_ppl - 1):+8.2f}%")
+        lines.append(f"{r.threshold:9g} {r.layer_columns:30d} {100 * r.model_columns:9.2f}% {r.layer_error:11.3e} "
+                     f"{r.perplexity:10.3f} {change_cell(float_ppl, r.result or r.perplexity, width=26)}")
     return "\n".join(lines)
 
 
@@ -246,6 +250,7 @@ class SmoothQuantRow:
     act: str                 # "per_tensor" (static) or "per_token" (dynamic)
     alpha: Optional[float]   # None: naive W8A8, no smoothing
     perplexity: float
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequence[str] = ("lm_head",)) -> nn.Module:
@@ -263,20 +268,27 @@ def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequen
 def smoothquant_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor,
                       alphas: Sequence[float] = (0.25, 0.5, 0.75), acts: Sequence[str] = ACTS) -> list[SmoothQuantRow]:
     """Perplexity of naive W8A8 and of SmoothQuant W8A8 (``smoothquant_quantize_model``) per alpha and act."""
-    rows = [SmoothQuantRow(act, None, perplexity_on(naive_w8a8(model, calib_tokens, act), windows).perplexity)
-            for act in acts]
+    def row(act: str, alpha: Optional[float], qmodel: nn.Module) -> SmoothQuantRow:
+        res = perplexity_on(qmodel, windows)
+        return SmoothQuantRow(act, alpha, res.perplexity, res)
+
+    rows = [row(act, None, naive_w8a8(model, calib_tokens, act)) for act in acts]
     for alpha in alphas:
-        rows += [SmoothQuantRow(act, float(alpha), perplexity_on(
-            smoothquant_quantize_model(model, calib_tokens, alpha, act), windows).perplexity) for act in acts]
+        rows += [row(act, float(alpha), smoothquant_quantize_model(model, calib_tokens, alpha, act)) for act in acts]
     return rows
 
 
-def format_smoothquant_table(rows: Sequence[SmoothQuantRow], float_ppl: float) -> str:
+def format_smoothquant_table(rows: Sequence[SmoothQuantRow], float_ppl) -> str:
+    """Perplexity and change against float (with its paired 95% interval when ``float_ppl`` is the float
+    model's ``PerplexityResult`` on the same windows) for each activation scheme."""
     acts = list(dict.fromkeys(r.act for r in rows))
-    lines = [f"{'W8A8':<16} " + " ".join(f"{a.replace('_', '-') + ' ppl':>16}" for a in acts)]
+    lines = [f"{'W8A8':<16} " + " ".join(f"{a.replace('_', '-') + ': ppl, vs float [paired 95% CI]':>36}"
+                                         for a in acts)]
     for alpha in dict.fromkeys(r.alpha for r in rows):
         name = "naive" if alpha is None else f"SmoothQuant {alpha:.2f}"
-        cells = {r.act: r.perplexity for r in rows if r.alpha == alpha}
-        lines.append(f"{name:<16} " + " ".join(f"{cells[a]:16.3f}" for a in acts))
-    lines.append(f"{'float':<16} {float_ppl:16.3f}")
+        cells = {r.act: r for r in rows if r.alpha == alpha}
+        lines.append(f"{name:<16} " + " ".join(
+            f"{cells[a].perplexity:9.3f} {change_cell(float_ppl, cells[a].result or cells[a].perplexity, width=26)}"
+            for a in acts))
+    lines.append(f"{'float':<16} {perplexity_cell(float_ppl, width=36)}")
     return "\n".join(lines)
