@@ -247,7 +247,7 @@ def cmd_ptq(args: argparse.Namespace) -> int:
         if args.method != "float":
             rows.append(sb.run_method(model, args.method, args.wbits, args.group_size, args.abits, act=args.act,
                                       calib_samples=args.calib, seed=args.seed, mode=mode, alpha=args.alpha,
-                                      float_perplexity=rows[0].perplexity))
+                                      float_result=rows[0]))  # its window NLLs: the change's paired interval
         print(sb.scoreboard(rows))
     if args.json:
         print(f"wrote {sb.save_json(rows, args.json, calib_samples=args.calib)}")

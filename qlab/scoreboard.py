@@ -23,6 +23,14 @@ same ``calib_samples`` seeded windows of the train split. ``check_method_args`` 
 cannot take (bits, group sizes that do not divide a layer's inputs, a "mixed" budget out of reach ...)
 from the model's shapes alone, before any work: ``run_method`` and ``qlab ptq`` both call it.
 ``pareto_front`` keeps the rows no other row beats on both size and perplexity; ``plot_pareto`` draws them.
+
+Error bars (``qlab.stats``). Each row keeps the mean NLL of every evaluation window (``window_nll``), so
+its perplexity carries a 95% percentile-bootstrap interval over windows (``ppl_low``, ``ppl_high``) and
+its change against float a 95% *paired* interval (``change_low``, ``change_high``: both models resampled
+on the same windows, which cancels how hard the windows are). Any two rows of the same evaluation compare
+pair by pair with ``compare_scores``; ``pareto_front(rows, paired=True)`` only lets a row knock another
+off the front when it is significantly better. Rows of files written before these fields existed load
+with them empty (``None`` / ``()``): tables then show bare numbers.
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ import numbers
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
@@ -45,9 +54,11 @@ from matplotlib.figure import Figure
 from qlab.capture import in_features_of, is_linear_like, name_matches
 from qlab.checks import check_int, check_seed
 from qlab.corpus import calibration_samples
-from qlab.evaluate import perplexity
+from qlab.evaluate import PerplexityResult, perplexity
 from qlab.layers.base import QuantizedLinear
 from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+from qlab.stats import LEVEL, N_BOOT, SEED, Interval, PairedDifference, paired_difference, perplexity_interval, \
+    resample_indices
 
 METHODS = ("float", "rtn", "gptq", "awq", "smoothquant", "w8a8", "llm_int8", "fp8", "mixed")
 WEIGHT_ONLY = ("rtn", "gptq", "awq", "mixed")
@@ -71,9 +82,23 @@ STANDARD_SET = (
 )
 
 
+NLL_DECIMALS = 7  # window_nll is kept (in memory and in JSON) rounded to 1e-7 nats: see ScoreRow
+
+
 @dataclass(frozen=True)
 class ScoreRow:
-    """One method's result. ``wbits`` is a budget (average bits) for "mixed"; group_size None: per channel."""
+    """One method's result. ``wbits`` is a budget (average bits) for "mixed"; group_size None: per channel.
+
+    The last five fields are optional (rows built by hand or read from older files leave them empty):
+    ``ppl_low``/``ppl_high``, the 95% bootstrap interval of ``perplexity`` over the evaluation windows
+    (``qlab.stats.perplexity_interval``); ``change_low``/``change_high``, the paired 95% interval of
+    ``change_pct`` against the float row, in % (``qlab.stats.paired_difference``; 0/0 on the float row
+    itself, None when the float row's windows were not at hand); ``window_nll``, the mean NLL (nats) of
+    each evaluation window in order, so any two rows can be compared pair by pair (``compare_scores``).
+    ``run_method`` rounds ``window_nll`` to ``NLL_DECIMALS`` (7) decimals, 1e-7 nats, far below anything
+    an interval resolves, so the JSON stays small, and computes both intervals *from those rounded
+    values*: a row loaded from JSON holds exactly what was saved and gives the same intervals again.
+    """
 
     method: str
     scheme: str                 # human-readable, e.g. "int4 g128 asym" or "W8A8, per-token activations"
@@ -86,6 +111,20 @@ class ScoreRow:
     bits_per_weight: float      # effective, over the quantized linear layers (lm_head excluded)
     quantize_s: float
     eval_mode: str              # "full" or "fast" test split
+    ppl_low: Optional[float] = None      # 95% bootstrap interval of perplexity (over windows)
+    ppl_high: Optional[float] = None
+    change_low: Optional[float] = None   # paired 95% interval of change_pct against float, in %
+    change_high: Optional[float] = None
+    window_nll: tuple = ()               # mean NLL of each evaluation window, in order
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window_nll, tuple) or not all(type(x) is float for x in self.window_nll):
+            try:  # a list / array from JSON or numpy: a tuple of floats keeps the row hashable and JSON-able
+                nll = tuple(float(x) for x in self.window_nll)
+            except (TypeError, ValueError):
+                raise TypeError(f"window_nll must be a sequence of numbers, got "
+                                f"{type(self.window_nll).__name__}") from None
+            object.__setattr__(self, "window_nll", nll)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,19 +304,24 @@ def check_method_args(model: nn.Module, method: str, wbits: Optional[float] = No
 def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, group_size: Optional[int] = 128,
                abits: Optional[int] = None, *, act: str = "per_token", calib_samples: int = 128, seed: int = 0,
                mode: str = "full", alpha: float | str = 0.5, float_perplexity: Optional[float] = None,
-               sensitivity=None) -> ScoreRow:
+               float_result: "PerplexityResult | ScoreRow | None" = None, sensitivity=None) -> ScoreRow:
     """Quantize a copy of ``model`` with ``method`` and measure it (see the module docstring).
 
     wbits: weight bits (default 4 for weight-only methods; the average-bits budget for "mixed");
     group_size: weight-only group (None: per channel); abits: 8 for the W8A8 methods (None there = 8);
     act: activation scales of "w8a8" / "smoothquant", "per_token" (dynamic) or "per_tensor" (static);
     calib_samples: seeded windows of the train split for the calibrated methods; mode: the test split
-    "full" or "fast"; float_perplexity: the float model's in the same mode, measured if None;
+    "full" or "fast"; the float reference of ``change_pct``, in the same mode, one of:
+    float_result: the float model's ``PerplexityResult`` or its ``ScoreRow`` (its window NLLs give the
+    paired interval of the change: what ``run_standard_set`` passes); float_perplexity: just its
+    perplexity (the row then has no change interval, ``change_low``/``change_high`` None); neither: the
+    float model is measured here (interval included). Ignored for ``method="float"``.
     sensitivity: for "mixed", a ``mixed_sensitivity(model, group_size)`` already measured (several budgets
     share one); its own time still counts in the row's time to quantize.
     """
     wbits, group_size, abits = check_method_args(model, method, wbits, group_size, abits, act=act, alpha=alpha,
                                                  calib_samples=calib_samples, seed=seed, mode=mode)
+    _check_float_reference(model, mode, float_perplexity, float_result)
     if sensitivity is not None:
         groups = {r.group_size for r in sensitivity.candidates}
         if method != "mixed" or groups != {group_size}:
@@ -290,14 +334,61 @@ def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, gro
     seconds = 0.0 if method == "float" else time.perf_counter() - t0
     if sensitivity is not None:
         seconds += sensitivity.seconds
-    ppl = perplexity(qmodel, "test", mode).perplexity
+    result = perplexity(qmodel, "test", mode)
+    ppl, nll = result.perplexity, _rounded_nll(result.window_nll)
+    ref_nll: tuple = ()
     if method == "float":
-        float_perplexity = ppl
+        float_perplexity, ref_nll = ppl, nll
+    elif float_result is not None:
+        float_perplexity, ref_nll = float_result.perplexity, _rounded_nll(float_result.window_nll)
     elif float_perplexity is None:
-        float_perplexity = perplexity(model, "test", mode).perplexity
+        reference = perplexity(model, "test", mode)
+        float_perplexity, ref_nll = reference.perplexity, _rounded_nll(reference.window_nll)
+    ppl_iv = change_iv = None
+    if len(nll) >= 2:
+        ppl_iv = perplexity_interval(nll)
+        if method == "float":
+            change_iv = Interval(0.0, 0.0)        # the reference against itself, window by window
+        elif len(ref_nll) == len(nll):
+            change_iv = paired_difference(ref_nll, nll).change_interval
     return ScoreRow(method, _scheme(method, wbits, group_size, act, alpha), wbits,
                     group_size, abits, ppl, 100 * (ppl / float_perplexity - 1), model_size_bytes(qmodel) / 1e6,
-                    linear_bits_per_weight(qmodel), seconds, mode)
+                    linear_bits_per_weight(qmodel), seconds, mode,
+                    ppl_low=None if ppl_iv is None else ppl_iv.low, ppl_high=None if ppl_iv is None else ppl_iv.high,
+                    change_low=None if change_iv is None else change_iv.low,
+                    change_high=None if change_iv is None else change_iv.high, window_nll=nll)
+
+
+def _rounded_nll(window_nll) -> tuple:
+    return tuple(round(float(x), NLL_DECIMALS) for x in window_nll)
+
+
+def _check_float_reference(model: nn.Module, mode: str, float_perplexity, float_result) -> None:
+    """``run_method``'s float reference: at most one of the two, a positive perplexity, the same windows."""
+    if float_perplexity is not None and float_result is not None:
+        raise ValueError("give the float reference once: float_result (with its window NLLs) or "
+                         "float_perplexity (a number), not both")
+    if float_perplexity is not None and (isinstance(float_perplexity, bool) or not isinstance(
+            float_perplexity, numbers.Real) or not math.isfinite(float_perplexity) or float_perplexity <= 0):
+        raise ValueError(f"float_perplexity must be a positive finite number, got {float_perplexity!r}")
+    if float_result is None:
+        return
+    if not isinstance(float_result, (PerplexityResult, ScoreRow)):
+        raise TypeError(f"float_result must be the float model's PerplexityResult or ScoreRow, got "
+                        f"{type(float_result).__name__}")
+    if isinstance(float_result, ScoreRow):
+        if float_result.eval_mode != mode:
+            raise ValueError(f"float_result was measured on the {float_result.eval_mode!r} test split, this row "
+                             f"on {mode!r}: their perplexities do not compare")
+    elif float_result.windows_sha:
+        from qlab.corpus import load_corpus
+        from qlab.evaluate import eval_windows
+        from qlab.stats import windows_fingerprint
+
+        context = getattr(getattr(model, "config", None), "block_size", 256)
+        if float_result.windows_sha != windows_fingerprint(eval_windows(load_corpus().split("test"), context, mode)):
+            raise ValueError(f"float_result was not measured on the {mode!r} test split's windows (context "
+                             f"{context}) this row is measured on: their perplexities do not compare")
 
 
 def _standard_set_args(calib_samples: int, seed: int, mode: str) -> list[dict]:
@@ -315,7 +406,7 @@ def check_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: i
 
 def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int = 128, seed: int = 0,
                      log: Optional[Callable[[str], None]] = print) -> list[ScoreRow]:
-    """``STANDARD_SET`` on ``model``, float first (its perplexity is the reference of the others);
+    """``STANDARD_SET`` on ``model``, float first (its row is the reference of the others' changes);
     ``log`` gets one line per finished row (None: silent)."""
     check_standard_set(model, mode=mode, calib_samples=calib_samples, seed=seed)
     rows: list[ScoreRow] = []
@@ -327,10 +418,10 @@ def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int
             if group_size not in sensitivities:
                 sensitivities[group_size] = mixed_sensitivity(model, group_size)
             sens = sensitivities[group_size]
-        row = run_method(model, **args, float_perplexity=rows[0].perplexity if rows else None, sensitivity=sens)
+        row = run_method(model, **args, float_result=rows[0] if rows else None, sensitivity=sens)
         rows.append(row)
         if log is not None:
-            log(f"{row.method:<12} {row.scheme:<48} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
+            log(f"{short_label(row):<27} perplexity {_ppl_cell(row)}, vs float {_change_cell(row)}, "
                 f"{row.size_mb:.2f} MB, {row.quantize_s:.1f} s")
     return rows
 
@@ -339,6 +430,8 @@ def run_standard_set(model: nn.Module, *, mode: str = "full", calib_samples: int
 
 
 COLUMNS = ("method", "scheme", "W bits", "group", "A bits", "perplexity", "vs float", "size MB", "bits/w", "time s")
+TEXT_COLUMNS = ("method", "A bits", "perplexity", "vs float", "size MB", "bits/w", "time s")
+PPL_HEADER, CHANGE_HEADER = "perplexity [95%]", "vs float [95% paired]"  # when a row has intervals
 
 
 def short_label(row: ScoreRow) -> str:
@@ -354,35 +447,158 @@ def short_label(row: ScoreRow) -> str:
     return f"{row.method} w{row.wbits:g} {where}"
 
 
+def _has_ppl_interval(row: ScoreRow) -> bool:
+    return row.ppl_low is not None and row.ppl_high is not None
+
+
+def _has_change_interval(row: ScoreRow) -> bool:
+    return row.change_low is not None and row.change_high is not None
+
+
+def _ppl_cell(row: ScoreRow) -> str:
+    """'2.4121 [2.38, 2.44]': the perplexity and its 95% bootstrap interval (bare when the row has none)."""
+    text = f"{row.perplexity:.4f}"
+    return f"{text} [{row.ppl_low:.2f}, {row.ppl_high:.2f}]" if _has_ppl_interval(row) else text
+
+
+def _change_cell(row: ScoreRow) -> str:
+    """'+1.23% [+0.98, +1.49]': the change against float and its paired 95% interval, in %."""
+    text = f"{row.change_pct:+.2f}%"
+    return f"{text} [{row.change_low:+.2f}, {row.change_high:+.2f}]" if _has_change_interval(row) else text
+
+
 def _cells(row: ScoreRow) -> list[str]:
     group = "-" if row.method == "float" else ("channel" if row.group_size is None else str(row.group_size))
     wbits = f"{row.wbits:g}" if row.wbits is not None else "-"
     return [row.method, row.scheme, wbits, group, "-" if row.abits is None else str(row.abits),
-            f"{row.perplexity:.4f}", f"{row.change_pct:+.2f}%", f"{row.size_mb:.3f}", f"{row.bits_per_weight:.3f}",
+            _ppl_cell(row), _change_cell(row), f"{row.size_mb:.3f}", f"{row.bits_per_weight:.3f}",
             f"{row.quantize_s:.1f}"]
 
 
+def _text_cells(row: ScoreRow) -> list[str]:
+    return [short_label(row), "-" if row.abits is None else str(row.abits), _ppl_cell(row), _change_cell(row),
+            f"{row.size_mb:.3f}", f"{row.bits_per_weight:.3f}", f"{row.quantize_s:.1f}"]
+
+
+def _headers(columns: Sequence[str], rows: Sequence[ScoreRow]) -> list[str]:
+    names = {"perplexity": PPL_HEADER if any(map(_has_ppl_interval, rows)) else "perplexity",
+             "vs float": CHANGE_HEADER if any(map(_has_change_interval, rows)) else "vs float"}
+    return [names.get(c, c) for c in columns]
+
+
 def scoreboard(rows: Sequence[ScoreRow], fmt: str = "text") -> str:
-    """The rows as an aligned text table (``fmt="text"``) or a GitHub markdown table (``"markdown"``)."""
+    """The rows as an aligned text table (``fmt="text"``) or a GitHub markdown table (``"markdown"``).
+
+    Perplexity reads ``2.4121 [2.38, 2.44]`` (its 95% bootstrap interval over the evaluation windows) and
+    the change against float ``+1.23% [+0.98, +1.49]`` (its paired 95% interval, in %) where the row
+    carries them; rows without them (older files) show the bare numbers. The markdown table has every
+    column; the text table, for a terminal or a notebook cell (at most ~110 characters wide), names each
+    row by ``short_label`` (method, weight bits and group) instead of the method, scheme, W bits and
+    group columns.
+    """
     if fmt not in ("text", "markdown"):
         raise ValueError(f"fmt must be 'text' or 'markdown', got {fmt!r}")
     if not rows or not all(isinstance(r, ScoreRow) for r in rows):
         raise ValueError("rows must be a non-empty sequence of ScoreRow")
-    table = [list(COLUMNS)] + [_cells(r) for r in rows]
     if fmt == "markdown":
+        table = [_headers(COLUMNS, rows)] + [_cells(r) for r in rows]
         lines = ["| " + " | ".join(table[0]) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(COLUMNS) - 2)) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table[1:]])
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    fmt_row = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    table = [_headers(TEXT_COLUMNS, rows)] + [_text_cells(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(TEXT_COLUMNS))]
+    fmt_row = lambda r: "  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt_row(table[0]), "  ".join("-" * w for w in widths)] + [fmt_row(r) for r in table[1:]])
 
 
-def pareto_front(rows: Sequence[ScoreRow]) -> list[ScoreRow]:
-    """The rows no other row dominates (smaller-or-equal size AND perplexity, one strictly), by size.
+# ----------------------------------------------------------------------------- paired comparisons
 
-    Sorted by (size, perplexity): a row is dominated iff a row of smaller size has perplexity <= its
-    own, or a row of the same size has a strictly smaller perplexity. One sweep, O(n log n).
+
+@functools.lru_cache(maxsize=2)
+def _boot_indices(n: int) -> np.ndarray:
+    idx = resample_indices(n, N_BOOT, SEED)  # (N_BOOT, n): what qlab.stats.paired_difference draws
+    idx.flags.writeable = False
+    return idx
+
+
+@functools.lru_cache(maxsize=512)
+def _boot_perplexities(window_nll: tuple) -> np.ndarray:
+    """(N_BOOT,) perplexities of one row over the shared resamples, computed once per row."""
+    nll = np.asarray(window_nll, dtype=np.float64)
+    out = np.exp(nll[_boot_indices(nll.size)].mean(axis=1))
+    out.flags.writeable = False
+    return out
+
+
+def _interval(stats: np.ndarray) -> Interval:
+    lo, hi = np.quantile(stats, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Interval(float(lo), float(hi), LEVEL)
+
+
+@functools.lru_cache(maxsize=4096)
+def _paired(nll_a: tuple, nll_b: tuple) -> PairedDifference:
+    """``qlab.stats.paired_difference(nll_a, nll_b)``, the same numbers (same seeded resamples, same sums),
+    with each row's resampled perplexities cached: a table of n rows costs n resamplings, not n^2, which
+    keeps ``pick_recipe`` fast enough for a slider."""
+    a, b = np.asarray(nll_a, dtype=np.float64), np.asarray(nll_b, dtype=np.float64)
+    ppl_a, ppl_b = _boot_perplexities(nll_a), _boot_perplexities(nll_b)
+    pa, pb = math.exp(a.mean()), math.exp(b.mean())
+    return PairedDifference(pa, pb, pb - pa, _interval(ppl_b - ppl_a), 100 * (pb / pa - 1),
+                            _interval(100 * (ppl_b / ppl_a - 1)), int(a.size))
+
+
+def _check_comparable(rows: Sequence[ScoreRow], names: Sequence[str], what: str) -> None:
+    for name, r in zip(names, rows):
+        if not isinstance(r, ScoreRow):
+            raise TypeError(f"{name} must be a ScoreRow, got {type(r).__name__}")
+        if len(r.window_nll) < 2:
+            raise ValueError(f"{what} needs each row's per-window NLL, and {name} ({short_label(r)}) has no "
+                             f"window_nll (a row built by hand, or read from a file written before rows kept it: "
+                             f"measure it again with run_method / `qlab ptq`)")
+        if not all(map(math.isfinite, r.window_nll)):
+            raise ValueError(f"{name} ({short_label(r)}): window_nll holds NaN or Inf")
+    modes = {r.eval_mode for r in rows}
+    if len(modes) > 1:
+        raise ValueError(f"{what} compares rows measured on the same windows; these mix eval modes "
+                         f"{sorted(modes)} ({', '.join(f'{n}: {r.eval_mode}' for n, r in zip(names, rows))})")
+    counts = {len(r.window_nll) for r in rows}
+    if len(counts) > 1:
+        raise ValueError(f"{what} compares rows measured on the same windows; these hold different numbers of "
+                         f"windows ({', '.join(f'{n}: {len(r.window_nll)}' for n, r in zip(names, rows))})")
+
+
+def compare_scores(a: ScoreRow, b: ScoreRow) -> PairedDifference:
+    """Row ``b`` against row ``a``, window by window: ``qlab.stats.paired_difference`` of their window_nll.
+
+    ``diff`` = perplexity(b) - perplexity(a) with its paired 95% interval, ``change_pct`` = 100 (b/a - 1)
+    with its own, and ``verdict``: 'better' / 'worse' (b against a) only when the interval excludes 0,
+    else 'tie'. ValueError naming what is missing when a row has no window_nll, or when the two were not
+    measured on the same windows (another eval mode or number of windows).
     """
+    _check_comparable((a, b), ("a", "b"), "compare_scores")
+    return _paired(a.window_nll, b.window_nll)
+
+
+# ----------------------------------------------------------------------------- the front
+
+
+def pareto_front(rows: Sequence[ScoreRow], paired: bool = False) -> list[ScoreRow]:
+    """The rows no other row dominates, sorted by (size, perplexity).
+
+    ``paired=False``: dominates = smaller-or-equal size AND perplexity, one strictly. Sorted by (size,
+    perplexity), a row is dominated iff a row of smaller size has perplexity <= its own, or a row of the
+    same size has a strictly smaller perplexity. One sweep, O(n log n).
+
+    ``paired=True``: dominates = smaller-or-equal size AND *significantly* lower perplexity, i.e.
+    ``compare_scores(row, other).verdict == "better"`` (the paired 95% interval of the difference excludes
+    0). A row whose only better rivals are statistically tied with it stays on the front, so (for rows
+    whose perplexity is exp(mean(window_nll)), as ``run_method``'s are) this front holds every row of the
+    plain one, plus the rows the plain one drops on differences the windows cannot tell from noise. Every
+    row needs window_nll, all measured on the same windows (ValueError otherwise).
+    """
+    if not isinstance(paired, bool):
+        raise TypeError(f"paired must be a bool, got {type(paired).__name__}")
+    if paired:
+        return _paired_front(rows)
     ordered = sorted(rows, key=lambda r: (r.size_mb, r.perplexity))
     front, best_smaller, i = [], math.inf, 0
     while i < len(ordered):
@@ -396,15 +612,71 @@ def pareto_front(rows: Sequence[ScoreRow]) -> list[ScoreRow]:
     return front
 
 
+def _paired_front(rows: Sequence[ScoreRow]) -> list[ScoreRow]:
+    rows = list(rows)
+    _check_comparable(rows, [f"row {i}" for i in range(len(rows))], "pareto_front(paired=True)")
+    # 'better' needs a strictly lower exp(mean NLL), as compare_scores computes it: only those rivals are tried
+    ppl = {id(r): math.exp(np.asarray(r.window_nll, dtype=np.float64).mean()) for r in rows}
+    front = []
+    for r in sorted(rows, key=lambda r: (r.size_mb, r.perplexity)):
+        rivals = sorted((o for o in rows if o is not r and o.size_mb <= r.size_mb and ppl[id(o)] < ppl[id(r)]),
+                        key=lambda o: ppl[id(o)])  # the best first: the likeliest to be significantly better
+        if not any(compare_scores(r, o).verdict == "better" for o in rivals):
+            front.append(r)
+    return front
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def label_offsets(ax, xs: Sequence[float], ys: Sequence[float], *, fontsize: float = 7, dy: float = 3,
+                  x_tol: float = 0.01) -> list[float]:
+    """Vertical offsets (points above each point) for point labels, so that the labels of points at the
+    same size (within ``x_tol`` of the x range: the W8A8 rows, the methods of one bit width) stack instead
+    of overlapping; pass them as ``xytext=(4, offset), textcoords="offset points"`` to ``ax.annotate``.
+
+    In each such column, lowest point first, a label sits ``dy`` above its point or just above the label
+    below it, whichever is higher. Label heights come from the axes' current size and limits (call it
+    after the points are drawn), no text is measured: it costs nothing on a slider. Labels of different
+    columns may still touch where a long label reaches the next column.
+    """
+    if not len(xs):
+        return []
+    fig = ax.get_figure()
+    height_pt = ax.get_position().height * fig.get_figheight() * 72
+    y0, y1 = ax.get_ylim()
+    sy = height_pt / ((y1 - y0) or 1)                                   # points per perplexity unit
+    tol = x_tol * ((max(xs) - min(xs)) or 1)
+    offsets = [float(dy)] * len(xs)
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    k = 0
+    while k < len(order):
+        j = k + 1
+        while j < len(order) and xs[order[j]] - xs[order[j - 1]] <= tol:
+            j += 1
+        top = -math.inf                                                  # the last label's top, in points
+        for i in sorted(order[k:j], key=lambda i: ys[i]):
+            bottom = max(ys[i] * sy + dy, top)
+            offsets[i], top = bottom - ys[i] * sy, bottom + 1.25 * fontsize
+        k = j
+    return offsets
+
+
 def plot_pareto(rows: Sequence[ScoreRow], title: Optional[str] = None) -> Figure:
-    """Size (MB) against perplexity, one labelled point per row, the Pareto front as a step line."""
+    """Size (MB) against perplexity, one labelled point per row, the Pareto front as a step line; the 95%
+    interval of each perplexity as a vertical bar where the rows carry it."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     front = pareto_front(rows)
     on_front = {id(r) for r in front}
-    for r in rows:
-        ax.scatter(r.size_mb, r.perplexity, color="C3" if id(r) in on_front else "C0", zorder=3)
-        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    bars = [r for r in rows if _has_ppl_interval(r)]
+    if bars:
+        ax.vlines([r.size_mb for r in bars], [r.ppl_low for r in bars], [r.ppl_high for r in bars],
+                  color="0.5", lw=1, zorder=2, label="95% interval")
+    xs, ys, labels = [r.size_mb for r in rows], [r.perplexity for r in rows], [short_label(r) for r in rows]
+    ax.scatter(xs, ys, color=["C3" if id(r) in on_front else "C0" for r in rows], zorder=3)
+    for x, y, label, dy in zip(xs, ys, labels, label_offsets(ax, xs, ys)):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, dy), fontsize=7)
     ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="C3",
             label="Pareto front")
     ax.set_xlabel("model size (MB, as stored)")
@@ -434,7 +706,10 @@ def machine_slug(description: Optional[str] = None) -> str:
 
 def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[str] = None,
               calib_samples: Optional[int] = None) -> Path:
-    """Write ``{"machine", "torch", "date", ["calib_samples"], "rows": [...]}`` to ``path``."""
+    """Write ``{"machine", "torch", "date", ["calib_samples"], "rows": [...]}`` to ``path``.
+
+    Each row's ``window_nll`` goes on one line, as the row holds it (``run_method`` rounds it to 7
+    decimals): ``load_json`` gives back equal rows."""
     from qlab.train import machine_description
 
     path = Path(path)
@@ -444,7 +719,15 @@ def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[s
     if calib_samples is not None:
         record["calib_samples"] = calib_samples
     record["rows"] = [r.to_dict() for r in rows]
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    lists = {}                  # one line per window_nll list, not one line per number
+    for i, r in enumerate(record["rows"]):
+        token = f"@@window_nll {i}@@"
+        lists[json.dumps(token)] = json.dumps(list(r["window_nll"]))
+        r["window_nll"] = token
+    text = json.dumps(record, indent=2)
+    for token, values in lists.items():
+        text = text.replace(token, values, 1)
+    path.write_text(text + "\n")
     return path
 
 
@@ -460,8 +743,16 @@ def load_json(path: str | Path) -> list[ScoreRow]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"scoreboard file {path} has no 'rows' list of objects; {remedy}")
     names = [f.name for f in fields(ScoreRow)]
+    required = [f.name for f in fields(ScoreRow) if f.default is MISSING]   # the rest: optional, newer
     for i, r in enumerate(rows):
-        missing = [n for n in names if n not in r]
+        missing = [n for n in required if n not in r]
         if missing:
             raise ValueError(f"scoreboard file {path}: row {i} has no {', '.join(missing)}; {remedy}")
-    return [ScoreRow(**{k: r[k] for k in names}) for r in rows]
+        for n in ("ppl_low", "ppl_high", "change_low", "change_high"):
+            if r.get(n) is not None and (isinstance(r[n], bool) or not isinstance(r[n], numbers.Real)):
+                raise ValueError(f"scoreboard file {path}: row {i} has {n} {r[n]!r}, not a number or null; {remedy}")
+        nll = r.get("window_nll", [])
+        if not isinstance(nll, list) or any(isinstance(x, bool) or not isinstance(x, numbers.Real) for x in nll):
+            raise ValueError(f"scoreboard file {path}: row {i} has a window_nll that is not a list of numbers; "
+                             f"{remedy}")
+    return [ScoreRow(**{k: r[k] for k in names if k in r}) for r in rows]

@@ -23,6 +23,10 @@
 #
 # The code: `qlab/lessons/smoothing.py` (tested in `tests/test_lessons_smoothing.py`) on top of
 # `qlab.capture`, `qlab.outliers`, `qlab.LLMInt8Linear` and `qlab.algorithms.smoothquant`.
+#
+# **Error bars.** Every perplexity below is measured on the same 16 test windows; a change against
+# float carries its *paired* 95% bootstrap interval over those windows (`qlab.stats`): an interval
+# that holds 0 means the difference is not measurable on these windows.
 
 # %%
 import ipywidgets as widgets
@@ -34,6 +38,9 @@ from qlab import capture_activations, format_outlier_table, outlier_report
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
+from qlab.lessons.phenomena import format_recoveries
+from qlab.outliers import outlier_twin
+from qlab.stats import perplexity_cell
 from qlab.lessons.smoothing import (ALPHAS, channel_profile, format_int8_table, format_smoothing_curve,
                                     format_smoothquant_table, groups_from_stats, llm_int8_sweep, plot_channel_profile,
                                     plot_smoothing, smoothing_curve, smoothing_setup, smoothing_view, smoothquant_table)
@@ -42,8 +49,8 @@ setup_notebook()  # one thread (the same sums on any machine), seeded generators
 model = load_model()
 calib = calibration_samples(32, 256, seed=0)
 windows = eval_windows(load_corpus().split("test"), model.config.block_size, "fast")
-float_ppl = perplexity_on(model, windows).perplexity
-print(f"float perplexity {float_ppl:.3f}")
+float_ppl = perplexity_on(model, windows)   # a PerplexityResult: the perplexity and each window's NLL
+print(f"float perplexity {perplexity_cell(float_ppl)} (95% bootstrap interval over the {len(windows)} windows)")
 
 # %% [markdown]
 # ## Where are the outliers?
@@ -57,14 +64,44 @@ with capture_activations(model, keep_rows=1024) as stats:
         model(batch)
 report = outlier_report(stats)
 print(format_outlier_table(report))
+top = max(report, key=lambda r: r.ratio)
+print(f"largest max/median ratio: {top.ratio:.1f} ({top.layer}); LLMs from 6.7B parameters: 20-60")
 
 # %% [markdown]
-# The same few channels lead in every block: the residual stream carries them, and each LayerNorm
-# passes them on to the linears that read it. The input with the largest value:
+# This model's outliers are mild: training a 4-layer, 3.4M-parameter model for 20M bytes does not
+# grow them, with or without a fixed "attention sink" byte before every window (the recipe tried
+# for this lesson; figures on the full test split in the model card and in
+# `benchmarks/results/phenomena-*.json`, from `benchmarks/bench_phenomena.py`). So this lesson also
+# uses a **constructed** model.
+#
+# ## An outlier twin (constructed, not trained)
+# SmoothQuant's fold is exact: dividing a LayerNorm's channel $j$ by $s_j$ and multiplying the input
+# column $j$ of every linear reading it by $s_j$ leaves the float model's function unchanged. Run it
+# backwards with $s_j = 1/12$ on the 3 channels that are already the largest (1% of 256) and the
+# model computes the same thing, but its activations now have LLM-like outlier channels and the
+# matching weight columns are 12 times smaller (`qlab.outliers.outlier_twin`). Same float
+# perplexity, very different quantizability: what follows runs on this twin.
 
 # %%
-layer = max(report, key=lambda r: r.max_absmax).layer
-profile = channel_profile(stats, layer)
+twin, channels = outlier_twin(model, calib)
+with torch.no_grad():
+    diff = (twin(windows[:2, :-1]) - model(windows[:2, :-1])).abs().max().item()
+print(f"channels {channels} x 12 in every LayerNorm, their weight columns / 12; max |logit difference| {diff:.1e}")
+twin_ppl = perplexity_on(twin, windows)
+print(f"float perplexity: trained {float_ppl.perplexity:.6f}, twin {twin_ppl.perplexity:.6f}")
+with capture_activations(twin, keep_rows=1024) as twin_stats:
+    for batch in calib.split(8):
+        twin(batch)
+twin_report = outlier_report(twin_stats)
+print(format_outlier_table([r for r in twin_report if r.layer.endswith(("attn.q", "mlp.fc"))]))
+
+# %% [markdown]
+# The same channels lead in every block: the residual stream carries them, and each LayerNorm passes
+# them on to the linears that read it (k and v read the same input as q). The input with the largest value:
+
+# %%
+layer = max(twin_report, key=lambda r: r.max_absmax).layer
+profile = channel_profile(twin_stats, layer)
 print(layer, "top channels (channel, max|x|):", [(c, round(v, 2)) for c, v in profile.top(5)])
 plot_channel_profile(profile)
 plt.show()
@@ -77,15 +114,15 @@ plt.show()
 # reach $\tau$ on its captured rows, and the share of all input columns whose calibration max does.
 
 # %%
-int8_rows = llm_int8_sweep(model, stats, layer, stats[layer].reservoir, windows, thresholds=(float("inf"), 6.0, 4.0))
-print(format_int8_table(int8_rows, layer, float_ppl))
+int8_rows = llm_int8_sweep(twin, twin_stats, layer, twin_stats[layer].reservoir, windows,
+                           thresholds=(float("inf"), 6.0, 4.0))
+print(format_int8_table(int8_rows, layer, twin_ppl))
 
 # %% [markdown]
-# At $\tau = 6$ only the two outlier channels of the layer go to the float path (under 1% of all
-# input columns) and they remove a large part of its error; $\tau = 4$ sends a sixth of all columns
-# to float for little more. In a model with outliers of 20-60 those few float columns are what keeps
-# int8 working at all; this small model's outliers are mild (max/median about 3), so plain int8 is
-# already close to float.
+# At $\tau = 6$ only the outlier channels of each layer go to the float path (the share of all input
+# columns is in the table) and the layer's error falls by orders of magnitude; $\tau = 4$ sends more
+# columns to float for little more. Vector-wise int8 (per token) already copes better than a single
+# per-tensor scale would: the next sections use static per-tensor scales, where outliers hurt most.
 #
 # ## SmoothQuant: the alpha slider
 # SmoothQuant scales the groups of linears behind one LayerNorm (`ln_1 -> q, k, v`, `ln_2 -> fc`).
@@ -95,9 +132,9 @@ print(format_int8_table(int8_rows, layer, float_ppl))
 # output: relative error $\lVert \hat y - y \rVert^2 / \lVert y \rVert^2$.
 
 # %%
-groups = groups_from_stats(model, stats, calib[:1, :16])
+groups = groups_from_stats(twin, twin_stats, calib[:1, :16])
 group = max(groups, key=lambda g: float(g.act_absmax.max() / g.act_absmax.median()))
-setup = smoothing_setup(model, group, stats[group.linears[0]].reservoir)
+setup = smoothing_setup(twin, group, twin_stats[group.linears[0]].reservoir)
 curve = smoothing_curve(setup, ALPHAS)
 print(group.norm, "->", ", ".join(group.linears), tuple(setup.x.shape))
 print(format_smoothing_curve(curve, every=4))
@@ -122,16 +159,41 @@ def show(alpha):
 # ## The whole model
 # Naive W8A8 (no smoothing) against SmoothQuant W8A8 (`qlab.algorithms.smoothquant_quantize_model`:
 # smooth every LayerNorm group, fold, then every linear but `lm_head` to `W8A8Linear`), with
-# static per-tensor or dynamic per-token activations, at two $\alpha$:
+# static per-tensor or dynamic per-token activations, at two $\alpha$; first the twin, then the
+# trained model:
 
 # %%
-sq_rows = smoothquant_table(model, calib, windows, alphas=(0.5, 0.8))
-print(format_smoothquant_table(sq_rows, float_ppl))
+sq_rows = smoothquant_table(twin, calib, windows, alphas=(0.5, 0.8))
+print("outlier twin (constructed)")
+print(format_smoothquant_table(sq_rows, twin_ppl))
+int8_at_6 = next(r for r in int8_rows if r.threshold == 6.0)
+naive_pt = next(r for r in sq_rows if r.alpha is None and r.act == "per_tensor")
+print()
+print(format_recoveries(twin_ppl, naive_pt.result, "naive W8A8 per-tensor (twin)", {
+    "SmoothQuant a=0.5 per-tensor": next(r.result for r in sq_rows if r.alpha == 0.5 and r.act == "per_tensor"),
+    "LLM.int8() tau=6": int8_at_6.result}))
+
+# %%
+print("trained model")
+print(format_smoothquant_table(smoothquant_table(model, calib, windows, alphas=(0.5,)), float_ppl))
 
 # %% [markdown]
-# **Take-away.** Outliers live in a few channels of the activations. LLM.int8() computes those
-# channels in float; SmoothQuant rescales them away before quantizing, at no cost at inference time
-# (the factors sit in the LayerNorm). On one layer the effect is large; on this small model's
-# perplexity every W8A8 variant is already within a few tenths of a percent of float, because its
-# outliers are mild. The gap, and what the two methods win back, grows with the outliers, i.e. with
-# model size (Dettmers et al. 2022, Fig. 3; Xiao et al. 2023, Table 4).
+# **Take-away.** Outliers live in a few channels of the activations, and they decide whether int8
+# activations work. On the twin, naive per-tensor W8A8 loses several percent of perplexity and both
+# remedies win most of it back (the lines above, with their intervals): LLM.int8() by computing the
+# outlier channels in float, SmoothQuant by rescaling them away before quantizing, at no cost at
+# inference time (the factors sit in the LayerNorm). On the trained model, whose outliers are mild,
+# every W8A8 variant stays within a few tenths of a percent of float and the intervals overlap. The
+# gap, and what the two methods win back, grows with the outliers, i.e. with model size (Dettmers et
+# al. 2022, Fig. 3; Xiao et al. 2023, Table 4).
+
+# %%
+from qlab.stats import compare, recovery
+
+loss = compare(twin_ppl, naive_pt.result)
+wins = {name: recovery(twin_ppl.window_nll, naive_pt.result.window_nll, res.window_nll).value for name, res in
+        (("SmoothQuant", next(r.result for r in sq_rows if r.alpha == 0.5 and r.act == "per_tensor")),
+         ("LLM.int8()", int8_at_6.result))}
+assert loss.change_interval.low > 3 and min(wins.values()) > 0.5, (loss, wins)
+print(f"checked: the twin's naive per-tensor W8A8 loses {loss.change_pct:.1f}% (interval above 3%); "
+      + ", ".join(f"{k} wins back {100 * v:.0f}%" for k, v in wins.items()))

@@ -11,21 +11,24 @@ on the table, solved by looking at every row (``pick_recipe``):
 
     best = argmin { perplexity(r) : size(r) <= budget, change(r) <= max_change }      (ties: the smaller)
 
-which always lands on the front. Speed is not in the table: it depends on kernels and batch size
-(notebook 10); W8A8 methods also quantize activations, which only pays with int8 matmul kernels.
+which always lands on the front. "Best" is the lowest measured perplexity; whether it is *better* than
+another fitting row is a question for the paired 95% interval of their difference over the same test
+windows (``qlab.scoreboard.compare_scores``): the pick lists the rows whose interval includes 0, which
+the test split cannot tell apart from it. Speed is not in the table: it depends on kernels and batch
+size (notebook 10); W8A8 methods also quantize activations, which only pays with int8 matmul kernels.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import matplotlib.pyplot as plt
 
-from qlab.scoreboard import ScoreRow, load_json, pareto_front, short_label
+from qlab.scoreboard import ScoreRow, compare_scores, label_offsets, load_json, pareto_front, short_label
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
 PATTERN = "scoreboard-*.json"
@@ -84,13 +87,21 @@ def main_scoreboard(directory: str | Path = RESULTS_DIR) -> Scoreboard:
 
 @dataclass(frozen=True)
 class RecipePick:
-    """The widget's data: the constraints, the rows that meet them, and the best of those."""
+    """The widget's data: the constraints, the rows that meet them, and the best of those.
+
+    ``tied``: the other eligible rows statistically tied with ``best`` (the paired 95% interval of their
+    perplexity difference includes 0), by perplexity; ``intervals``: whether that comparison was possible
+    (every eligible row carries its window NLLs, all on the same windows). Without it ``tied`` is empty
+    and the summary says so.
+    """
 
     size_budget_mb: float
     max_change_pct: Optional[float]
     eligible: list[ScoreRow]
     best: Optional[ScoreRow]
     front: list[ScoreRow]
+    tied: list[ScoreRow] = field(default_factory=list)
+    intervals: bool = False
 
     def summary(self) -> str:
         limit = f"size <= {self.size_budget_mb:.2f} MB" + (
@@ -98,13 +109,34 @@ class RecipePick:
         if self.best is None:
             return f"{limit}: no method fits; the smallest is {min(self.front, key=lambda r: r.size_mb).size_mb:.2f} MB"
         b = self.best
-        return (f"{limit}: {len(self.eligible)} methods fit; best {short_label(b)} ({b.scheme}): "
-                f"{b.size_mb:.2f} MB, perplexity {b.perplexity:.4f} ({b.change_pct:+.2f}%)")
+        text = (f"{limit}: {len(self.eligible)} methods fit; best {short_label(b)} ({b.scheme}): "
+                f"{b.size_mb:.2f} MB, perplexity {_ppl(b)} ({_change(b)})")
+        if not self.intervals:
+            return f"{text}; intervals unavailable (rows without window_nll): other rows may be as good"
+        if len(self.eligible) == 1:
+            return text
+        if not self.tied:
+            return f"{text}; significantly better than the other {len(self.eligible) - 1} (95% paired intervals exclude 0)"
+        return (f"{text}; statistically tied (95% paired interval includes 0): "
+                f"{', '.join(short_label(r) for r in self.tied)}")
+
+
+def _ppl(r: ScoreRow) -> str:
+    iv = f" [{r.ppl_low:.2f}, {r.ppl_high:.2f}]" if r.ppl_low is not None and r.ppl_high is not None else ""
+    return f"{r.perplexity:.4f}{iv}"
+
+
+def _change(r: ScoreRow) -> str:
+    iv = (f" [{r.change_low:+.2f}, {r.change_high:+.2f}]" if r.change_low is not None and r.change_high is not None
+          else "")
+    return f"{r.change_pct:+.2f}%{iv}"
 
 
 def pick_recipe(rows: Sequence[ScoreRow], size_budget_mb: float, max_change_pct: Optional[float] = None) -> RecipePick:
     """The lowest-perplexity row with size <= ``size_budget_mb`` (and change <= ``max_change_pct`` % if given);
-    ties go to the smaller model. ``best`` is None when nothing fits."""
+    ties go to the smaller model. ``best`` is None when nothing fits. ``tied``: the eligible rows whose
+    paired 95% interval against ``best`` includes 0 (``compare_scores(best, r).verdict == "tie"``), when
+    every eligible row has window_nll on the same windows (``intervals``)."""
     if not rows or not all(isinstance(r, ScoreRow) for r in rows):
         raise ValueError("rows must be a non-empty sequence of ScoreRow")
     if isinstance(size_budget_mb, bool) or not isinstance(size_budget_mb, (int, float)) or not size_budget_mb > 0:
@@ -114,18 +146,28 @@ def pick_recipe(rows: Sequence[ScoreRow], size_budget_mb: float, max_change_pct:
     eligible = [r for r in rows if r.size_mb <= size_budget_mb
                 and (max_change_pct is None or r.change_pct <= max_change_pct)]
     best = min(eligible, key=lambda r: (r.perplexity, r.size_mb)) if eligible else None
-    return RecipePick(float(size_budget_mb), max_change_pct, eligible, best, pareto_front(rows))
+    tied, intervals = [], False
+    if best is not None and all(len(r.window_nll) >= 2 for r in eligible) \
+            and len({(r.eval_mode, len(r.window_nll)) for r in eligible}) == 1:
+        intervals = True
+        tied = sorted((r for r in eligible if r is not best and compare_scores(best, r).verdict == "tie"),
+                      key=lambda r: (r.perplexity, r.size_mb))
+    return RecipePick(float(size_budget_mb), max_change_pct, eligible, best, pareto_front(rows), tied, intervals)
 
 
 def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title: str = "") -> plt.Figure:
-    """Size vs perplexity, one labelled point per method, the Pareto front; the budget and the pick if given."""
+    """Size vs perplexity, one labelled point per method (95% interval as a vertical bar where the rows
+    carry it), the Pareto front; the budget and the pick if given."""
     fig, ax = plt.subplots(figsize=(9, 5.2))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)  # tight_layout is slow for a slider
     front = pareto_front(rows)
     on_front = {id(r) for r in front}
-    ax.scatter([r.size_mb for r in rows], [r.perplexity for r in rows], zorder=3, s=22,
-               color=["tab:red" if id(r) in on_front else "tab:blue" for r in rows])
-    for r in rows:
-        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    xs, ys = [r.size_mb for r in rows], [r.perplexity for r in rows]
+    bars = [r for r in rows if r.ppl_low is not None and r.ppl_high is not None]
+    if bars:
+        ax.vlines([r.size_mb for r in bars], [r.ppl_low for r in bars], [r.ppl_high for r in bars], color="0.55",
+                  lw=1, zorder=2, label="95% interval")
+    ax.scatter(xs, ys, zorder=3, s=22, color=["tab:red" if id(r) in on_front else "tab:blue" for r in rows])
     ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="tab:red", lw=1,
             label="Pareto front")
     if pick is not None:
@@ -136,11 +178,12 @@ def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title
         if pick.best is not None:
             ax.scatter(pick.best.size_mb, pick.best.perplexity, s=260, facecolors="none", edgecolors="tab:green",
                        lw=2, zorder=4, label=f"pick: {short_label(pick.best)}")
+    for r, dy in zip(rows, label_offsets(ax, xs, ys)):   # last: the limits are final
+        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, dy), fontsize=7)
     ax.set(xlabel="model size (MB, as stored)", ylabel=f"test perplexity ({rows[0].eval_mode})",
            title=title or "Every method: size vs perplexity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")    # fixed places: "best" is slow to find on a slider
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)  # tight_layout is slow for a slider
     return fig
 
 
@@ -152,16 +195,21 @@ def _key(r: ScoreRow) -> tuple:
 
 
 def compare_rows(table: Sequence[ScoreRow], live: Sequence[ScoreRow]) -> str:
-    """Each live row beside the table's row of the same method and scheme (sizes must agree exactly)."""
+    """Each live row beside the table's row of the same method and scheme (sizes must agree exactly; a
+    size that does not is marked ``!``). Perplexities and changes carry their 95% intervals where the rows
+    have them (``2.4171 [2.38, 2.45]``, ``+0.21% [+0.10, +0.33]``)."""
     by_key = {_key(r): r for r in table}
-    lines = [f"{'method':<16} {'size MB':>8} {'table ppl':>10} {'change':>8} {'live ppl':>9} {'change':>8}"]
+    header = ["method", "size MB", "table ppl", "change", "live ppl", "change"]
+    cells = []
     for r in live:
         t = by_key.get(_key(r))
         if t is None:
-            lines.append(f"{short_label(r):<16} {r.size_mb:8.3f} {'-':>10} {'-':>8} {r.perplexity:9.4f} {r.change_pct:+7.2f}%")
+            cells.append([short_label(r), f"{r.size_mb:.3f}", "-", "-", _ppl(r), _change(r)])
         else:
-            size = f"{r.size_mb:8.3f}" if abs(t.size_mb - r.size_mb) < 5e-7 else f"{r.size_mb:7.3f}!"
-            lines.append(f"{short_label(r):<16} {size} {t.perplexity:10.4f} {t.change_pct:+7.2f}% "
-                         f"{r.perplexity:9.4f} {r.change_pct:+7.2f}%")
+            size = f"{r.size_mb:.3f}" if abs(t.size_mb - r.size_mb) < 5e-7 else f"{r.size_mb:.3f}!"
+            cells.append([short_label(r), size, _ppl(t), _change(t), _ppl(r), _change(r)])
+    widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate((16, 8, 10, 8, 9, 8))]
+    lines = [" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header] + cells]
     lines.append(f"table: {table[0].eval_mode} test split; live: {live[0].eval_mode}" if table and live else "")
     return "\n".join(lines).rstrip()

@@ -157,3 +157,16 @@ def measure_phenomena(model: nn.Module, calib: Tensor, windows: Tensor, label: s
         recovery(nll["float"], nll["w8a8"], nll["smoothquant"]), recovery(nll["float"], nll["w8a8"], nll["llm_int8"]),
         compare(res["float"], res["rtn_none"]), recovery(nll["float"], nll["rtn_none"], nll["rtn_activation"]),
         recovery(nll["float"], nll["rtn_none"], nll["rtn_random"]), res)
+
+
+def format_recoveries(float_result: PerplexityResult, base_result: PerplexityResult, base_name: str,
+                      methods: dict) -> str:
+    """How much of ``base``'s loss against float each method (name -> PerplexityResult) wins back, with
+    paired 95% intervals: the lines notebooks 6 and 8 print under their tables."""
+    d = compare(float_result, base_result)
+    lines = [f"{base_name}: {d.change_pct:+.2f}% [{d.change_interval.low:+.2f}, {d.change_interval.high:+.2f}] "
+             f"against float ({d.windows} windows, paired 95% intervals)"]
+    for name, res in methods.items():
+        r = recovery(float_result.window_nll, base_result.window_nll, res.window_nll)
+        lines.append(f"  {name} wins back {r} of it")
+    return "\n".join(lines)
