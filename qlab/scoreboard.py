@@ -42,7 +42,7 @@ import numbers
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -115,7 +115,7 @@ class ScoreRow:
     ppl_high: Optional[float] = None
     change_low: Optional[float] = None   # paired 95% interval of change_pct against float, in %
     change_high: Optional[float] = None
-    window_nll: tuple = ()               # mean NLL of each evaluation window, in order
+    window_nll: tuple = field(default=(), repr=False)  # mean NLL of each evaluation window, in order
 
     def __post_init__(self) -> None:
         if not isinstance(self.window_nll, tuple) or not all(type(x) is float for x in self.window_nll):

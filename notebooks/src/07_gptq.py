@@ -32,6 +32,8 @@ from qlab.algorithms import gptq_quantize_model
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
+from qlab.lessons.phenomena import format_recoveries
+from qlab.stats import change_cell, perplexity_cell, recovery
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_trajectory, layer_errors,
                                      layer_hessians, naive_vs_lazy, plot_gptq_frame, plot_hessian)
@@ -110,11 +112,19 @@ print(naive_vs_lazy(W, H, SPEC).summary())
 # %%
 rtn = quantize_model(model, QuantRecipe("weight_only", bits=SPEC[0], group_size=SPEC[1]))
 gptq_model = gptq_quantize_model(model, calib[:16], *SPEC[:2], progress=False)
-for name, m in (("float", model), ("RTN int3 g128", rtn), ("GPTQ int3 g128", gptq_model)):
-    print(f"{name:<16} perplexity {perplexity_on(m, windows).perplexity:.3f}")
+res = {name: perplexity_on(m, windows) for name, m in (("float", model), ("RTN int3 g128", rtn),
+                                                       ("GPTQ int3 g128", gptq_model))}
+for name, r in res.items():
+    print(f"{name:<16} perplexity {perplexity_cell(r)}   vs float {change_cell(res['float'], r)}")
+print(format_recoveries(res["float"], res["RTN int3 g128"], "RTN int3 g128", {"GPTQ": res["GPTQ int3 g128"]}))
+gptq_wins = recovery(*(res[k].window_nll for k in ("float", "RTN int3 g128", "GPTQ int3 g128")))
+assert gptq_wins.value > 0.5 and gptq_wins.interval.low > 0, gptq_wins   # the prose below
 
 # %% [markdown]
-# GPTQ removes about two thirds of the perplexity that 3-bit rounding costs.
+# GPTQ wins back more than half of the perplexity that 3-bit rounding costs (point estimate above,
+# checked in the cell). Its paired 95% interval over the 16 test windows excludes zero, so the gain is
+# real, but it is wide: 16 windows cannot pin the share down more closely (the scoreboard of notebook
+# 11 measures every window of the test split).
 #
 # **Take-away.** GPTQ does not choose a better grid: it chooses better *codes* on the same grid, using
 # the calibration inputs to decide which rounding errors the output will not notice. The same

@@ -24,14 +24,17 @@ from qlab.lessons import setup_notebook
 from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.checkpoint import load_model
 from qlab.evaluate import perplexity
+from qlab.stats import change_cell, perplexity_cell
 from qlab.layers.swap import QuantRecipe
 from qlab.lessons.mixed_qat import (most_sensitive, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
                                     uniform_points)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
-float_ppl = perplexity(model, "test", "fast").perplexity
-print(f"float model: test perplexity {float_ppl:.4f} (fast: 16 windows of 256 bytes)")
+float_result = perplexity(model, "test", "fast")   # the perplexity and each window's NLL, for intervals
+float_ppl = float_result.perplexity
+print(f"float model: test perplexity {perplexity_cell(float_result, 4)} (fast: 16 windows of 256 bytes; "
+      f"95% bootstrap interval over them)")
 
 # %% [markdown]
 # ## 1. How sensitive is each layer?
@@ -72,7 +75,7 @@ for name, change in most_sensitive(sens, candidate=0, top=6):
 uniform = uniform_points(model, sens)
 for p in uniform:
     print(f"uniform {p.bits}-bit: {p.bits_per_weight:.2f} bits/weight, perplexity {p.perplexity:.4f} "
-          f"({100 * (p.perplexity / float_ppl - 1):+.2f}%)")
+          f"({change_cell(float_result, p.result)} against float, paired 95% interval)")
 
 # %% [markdown]
 # And a mixed plan at 3 bits per weight on average, halfway between uniform 2-bit and uniform 3-bit:
@@ -128,7 +131,7 @@ def show(budget):
 
 # %%
 curve = qat_curve(model, QuantRecipe(bits=2, group_size=128), steps=60, lr=3e-4, batch_size=4,
-                  float_perplexity=float_ppl)
+                  float_perplexity=float_result)
 print(curve.summary())
 plot_qat(curve)
 plt.show()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import matplotlib.pyplot as plt
@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from qlab.algorithms.mixed_precision import LayerSensitivity, MixedPrecisionPlan, measure_plan, search_plan
 from qlab.algorithms.qat import convert_qat, prepare_qat, train_qat
 from qlab.corpus import load_corpus
-from qlab.evaluate import perplexity
+from qlab.evaluate import PerplexityResult, perplexity
+from qlab.stats import change_cell
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.train import _batch
 
@@ -94,6 +95,7 @@ class UniformPoint:
     bits: int
     bits_per_weight: float
     perplexity: float
+    result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
 def uniform_points(model: nn.Module, sens: LayerSensitivity, mode: str = "fast") -> list[UniformPoint]:
@@ -103,7 +105,8 @@ def uniform_points(model: nn.Module, sens: LayerSensitivity, mode: str = "fast")
     for c, recipe in enumerate(sens.candidates):
         qmodel = quantize_model(model, {name: recipe for name in sens.layers}, exclude=())
         bpw = float((sens.bits_per_weight[:, c] * n).sum() / n.sum())
-        points.append(UniformPoint(recipe.bits, bpw, perplexity(qmodel, "test", mode).perplexity))
+        res = perplexity(qmodel, "test", mode)
+        points.append(UniformPoint(recipe.bits, bpw, res.perplexity, res))
     return points
 
 
@@ -187,6 +190,7 @@ class QATCurve:
     ptq_perplexity: float
     qat_perplexity: float                    # of convert_qat(model): the deployable WeightOnlyLinear model
     seconds: float
+    results: dict = field(default_factory=dict, repr=False)   # "float", "ptq", "qat" -> PerplexityResult
 
     @property
     def steps(self) -> list[int]:
@@ -203,10 +207,16 @@ class QATCurve:
         return pct(mean).tolist()
 
     def summary(self) -> str:
-        d = lambda p: f"{100 * (p / self.float_perplexity - 1):+.2f}%"  # noqa: E731
-        return (f"{self.recipe.describe()}, {len(self.qat_loss)} steps of batch {self.batch_size}, lr {self.lr:g} "
+        """The three test perplexities; changes against float with paired 95% intervals when measured."""
+        r = self.results
+        ref = r.get("float", self.float_perplexity)
+        d = lambda k, p: change_cell(ref, r.get(k, p))  # noqa: E731
+        text = (f"{self.recipe.describe()}, {len(self.qat_loss)} steps of batch {self.batch_size}, lr {self.lr:g} "
                 f"(test perplexity): float {self.float_perplexity:.4f} | PTQ (RTN) {self.ptq_perplexity:.4f} "
-                f"({d(self.ptq_perplexity)}) | QAT {self.qat_perplexity:.4f} ({d(self.qat_perplexity)})")
+                f"({d('ptq', self.ptq_perplexity)}) | QAT {self.qat_perplexity:.4f} ({d('qat', self.qat_perplexity)})")
+        if "ptq" in r and "qat" in r:
+            text += f"\nQAT against PTQ: {change_cell(r['ptq'], r['qat'])} (paired 95% interval over the test windows)"
+        return text
 
 
 @torch.no_grad()
@@ -245,11 +255,15 @@ def qat_curve(model: nn.Module, recipe: QuantRecipe, steps: int = 80, lr: float 
     history = train_qat(qat, steps, lr, batch_size=batch_size, seed=seed, progress=False)
     context = getattr(getattr(model, "config", None), "block_size", 256)
     batches = training_batches(steps, batch_size, context, seed)
+    results = {"ptq": perplexity(ptq, "test", mode), "qat": perplexity(convert_qat(qat), "test", mode)}
     if float_perplexity is None:
-        float_perplexity = perplexity(model, "test", mode).perplexity
+        float_perplexity = perplexity(model, "test", mode)
+    if isinstance(float_perplexity, PerplexityResult):   # paired intervals against float
+        results["float"] = float_perplexity
+        float_perplexity = float_perplexity.perplexity
     return QATCurve(recipe, lr, batch_size, [h["loss"] for h in history], _batch_losses(ptq, batches),
-                    _batch_losses(model, batches), float_perplexity, perplexity(ptq, "test", mode).perplexity,
-                    perplexity(convert_qat(qat), "test", mode).perplexity, time.perf_counter() - t0)
+                    _batch_losses(model, batches), float_perplexity, results["ptq"].perplexity,
+                    results["qat"].perplexity, time.perf_counter() - t0, results)
 
 
 def plot_qat(curve: QATCurve, window: int = 10) -> plt.Figure:
