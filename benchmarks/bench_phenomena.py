@@ -10,10 +10,13 @@ the targets:
   backwards; the same float function, labelled constructed wherever it is shown);
 * any path: a training state (``<workdir>/train_state.pt``) or a checkpoint (``.pt`` beside its card).
 
-    python benchmarks/bench_phenomena.py [shipped twin runs/sink/train_state.pt ...] [--fast N] [--save]
+    python benchmarks/bench_phenomena.py [shipped twin runs/sink/train_state.pt ...] [--fast N] [--save] [--card]
 
 ``--fast N`` uses N evenly spaced windows instead of the full split; ``--save`` writes
-``benchmarks/results/phenomena-<machine>.json`` (figures, intervals, machine, seconds).
+``benchmarks/results/phenomena-<machine>.json`` (figures, intervals, machine, seconds); ``--append`` keeps the other models of an existing results file; ``--card``
+(full split only) records them in the shipped model card (``qlab/checkpoints/small.json``): the
+shipped model and its twin as ``phenomena``, every training state measured as one of the
+``outlier_recipes`` tried (its recipe, training time and machine, and its figures).
 """
 
 from __future__ import annotations
@@ -48,12 +51,40 @@ def _model(name: str, calib: torch.Tensor):
     return load_model(path.stem, path.parent), f"checkpoint {path}"
 
 
+def _training_record(path: Path) -> dict:
+    """What a training state says of its run: recipe, steps, time, the validation history."""
+    from qlab.checkpoint import safe_load
+
+    st = safe_load(path)
+    cfg = st["train_config"]
+    from qlab.model import PRESETS
+    return {"train_config": cfg, "model_config": PRESETS[cfg["preset"]].to_dict(), "steps": st["step"],
+            "training_time_s": round(st["elapsed"], 1), "final_val_perplexity_fast64": st["history"][-1]["val_ppl"]}
+
+
+def _write_card(record: dict) -> None:
+    from qlab.checkpoint import card_path, load_card
+
+    card = load_card()
+    how = {"measured_by": "benchmarks/bench_phenomena.py --card", "machine": record["machine"],
+           "date": record["date"], "split": "test (every window)", "calibration": record["calibration"]}
+    card["phenomena"] = {**how, "models": [m for m in record["models"] if m["name"] in ("shipped", "twin")]}
+    tried = [m for m in record["models"] if "training" in m]
+    if tried:
+        card["outlier_recipes"] = {**how, "recipes": tried}
+    card_path().write_text(json.dumps(card, indent=2) + "\n")
+    print(f"recorded in {card_path()}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="*", default=["shipped", "twin"])
     p.add_argument("--fast", type=int, default=None, help="evenly spaced test windows instead of all of them")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save", action="store_true")
+    p.add_argument("--card", action="store_true", help="record the figures in the shipped model card")
+    p.add_argument("--append", action="store_true",
+                   help="keep the other models of an existing results file (same machine), replacing these")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     calib = calibration_samples(32, 256, seed=0)
@@ -71,10 +102,21 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         print(report.table())
         print(f"({seconds:.0f} s on {record['machine']}, {args.threads} thread)\n", flush=True)
-        record["models"].append({"name": name, **report.to_dict(), "seconds": round(seconds, 1)})
+        entry = {"name": name, **report.to_dict(), "seconds": round(seconds, 1)}
+        if label.startswith("training state"):
+            entry["training"] = _training_record(Path(name))
+        record["models"].append(entry)
+    out = RESULTS / f"phenomena-{machine_slug()}.json"
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        names = {m["name"] for m in record["models"]}
+        record["models"] = [m for m in old["models"] if m["name"] not in names] + record["models"]
+    if args.card:
+        if args.fast is not None:
+            p.error("--card records full-split figures only: drop --fast")
+        _write_card(record)
     if args.save:
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"phenomena-{machine_slug()}.json"
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}")
     return 0

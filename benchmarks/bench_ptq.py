@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(method: str, wbits=None, group_size=128, act="per_token", alpha=0.5) -> sb.ScoreRow:
         row = sb.run_method(model, method, wbits, group_size, act=act, calib_samples=args.calib, mode=mode,
-                            alpha=alpha, float_perplexity=None if method == "float" else rows[0].perplexity)
+                            alpha=alpha, float_result=None if method == "float" else rows[0])
         rows.append(row)
         print(f"  {sb.short_label(row):<24} perplexity {row.perplexity:.4f} ({row.change_pct:+.2f}%), "
               f"{row.size_mb:.2f} MB, quantized in {row.quantize_s:.1f} s", flush=True)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         train_qat(tuned, steps=args.qat_steps, lr=args.qat_lr, batch_size=args.qat_batch, progress=False,
                   require_qat=False)
         tuned_ppl = perplexity(tuned, "test", mode).perplexity
-        control = sb.run_method(tuned, "rtn", failing, 128, mode=mode, float_perplexity=fl.perplexity)
+        control = sb.run_method(tuned, "rtn", failing, 128, mode=mode, float_result=fl)
         print(f"  control: float fine-tuned as long {tuned_ppl:.4f}, then RTN {control.perplexity:.4f} "
               f"(recovers {100 * recovered(rtn[failing].perplexity, control.perplexity, fl.perplexity):.0f}%): "
               f"QAT {'beats' if qat_ppl < control.perplexity else 'does NOT beat'} fine-tune-then-round")

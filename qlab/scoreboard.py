@@ -520,7 +520,7 @@ def _boot_indices(n: int) -> np.ndarray:
     return idx
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=256)
 def _boot_perplexities(window_nll: tuple) -> np.ndarray:
     """(N_BOOT,) perplexities of one row over the shared resamples, computed once per row."""
     nll = np.asarray(window_nll, dtype=np.float64)

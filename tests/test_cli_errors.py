@@ -75,7 +75,10 @@ def test_unknown_commands_and_options(capsys, argv, fragment):
     (["--steps", "-1"], "steps must be >= 1, got -1"),
     (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
     (["--seed", str(2**70)], "seed must be an int"),
-    (["--lr", "3"], "unrecognized arguments: --lr 3"),
+    (["--lr", "-1"], "lr must be a finite number >= 0, got -1.0"),
+    (["--lr", "nan"], "lr must be a finite number >= 0, got nan"),
+    (["--preset", "big"], "preset must be one of ['small', 'small_sink', 'tiny'], got 'big'"),
+    (["--warmup", "3"], "unrecognized arguments: --warmup 3"),
 ])
 def test_train_arguments(capsys, tmp_path, argv, fragment):
     assert_user_error(capsys, ["train", "--workdir", str(tmp_path / "w"), *argv], fragment)

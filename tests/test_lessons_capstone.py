@@ -1,18 +1,23 @@
-"""Notebook 11's helpers: the pick against a brute-force scan of the table (by hand, row by row), the
-files against qlab.scoreboard.save_json, the comparison of live rows with the table's."""
+"""Notebook 11's helpers: the pick against a brute-force scan of the table (by hand, row by row), its
+statistical ties against qlab.stats, the files against qlab.scoreboard.save_json, the comparison of live
+rows with the table's."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import json
+import math
 import random
 
+import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
 
 from qlab.lessons.capstone import (compare_rows, find_scoreboards, load_scoreboard, main_scoreboard, pick_recipe,
                                    plot_pick)
-from qlab.scoreboard import ScoreRow, pareto_front, save_json
+from qlab.scoreboard import ScoreRow, pareto_front, save_json, short_label
+from qlab.stats import paired_difference, perplexity_interval
 
 FLOAT_PPL = 3.0
 
@@ -43,6 +48,29 @@ def brute_force(rows, budget, max_change):
     return best
 
 
+N_WINDOWS = 150
+_G = np.random.default_rng(0).gamma(20.0, 0.05, N_WINDOWS)
+BASE_NLL = _G - _G.mean() + math.log(FLOAT_PPL)     # how hard each window is; exp(mean) = the float perplexity
+
+
+def with_windows(r: ScoreRow, shift: float, seed: int, sd: float = 0.02) -> ScoreRow:
+    """``r`` measured on N_WINDOWS windows: per-window NLL = BASE_NLL + noise of mean exactly ``shift``;
+    perplexity, its interval and the paired change against the float row (shift 0, no noise) from it."""
+    noise = np.random.default_rng(seed).normal(0.0, sd, N_WINDOWS)
+    nll = tuple(float(x) for x in BASE_NLL + noise - noise.mean() + shift)
+    iv, change = perplexity_interval(nll), paired_difference(tuple(BASE_NLL), nll)
+    return ScoreRow(**{**r.to_dict(), "perplexity": math.exp(np.mean(nll)), "change_pct": change.change_pct,
+                       "ppl_low": iv.low, "ppl_high": iv.high, "change_low": change.change_interval.low,
+                       "change_high": change.change_interval.high, "window_nll": nll})
+
+
+def measured_table(seed, n=10):
+    """random_table's rows with window NLLs: perplexity ~ the random one's, some rows within noise."""
+    rows = random_table(seed, n)
+    return [with_windows(r, math.log(r.perplexity / FLOAT_PPL), seed=100 * seed + i, sd=0.0 if i == 0 else 0.02)
+            for i, r in enumerate(rows)]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_pick_is_the_brute_force_best_and_lies_on_the_front(seed):
     rows = random_table(seed)
@@ -55,6 +83,55 @@ def test_pick_is_the_brute_force_best_and_lies_on_the_front(seed):
             if max_change is None and pick.best is not None:
                 assert pick.best in pareto_front(rows)
             assert ("no method fits" in pick.summary()) == (pick.best is None)
+
+
+def test_the_pick_lists_the_rows_statistically_tied_with_it():
+    best = with_windows(row("gptq", 4, 128, 2.6, FLOAT_PPL), 0.002, seed=1)
+    tied = [with_windows(row("awq", 4, 128, 2.6, FLOAT_PPL), 0.0025, seed=2),   # +0.05%: within the noise
+            with_windows(row("rtn", 4, 128, 2.6, FLOAT_PPL), 0.003, seed=3)]
+    worse = with_windows(row("rtn", 3, 128, 2.2, FLOAT_PPL), 0.03, seed=4)     # +2.8%: far outside it
+    too_big = with_windows(row("float", 32, None, 13.0, FLOAT_PPL), 0.0, seed=5, sd=0.0)
+    rows = [too_big, worse, tied[1], best, tied[0]]
+    for r in tied:
+        assert paired_difference(best.window_nll, r.window_nll).verdict == "tie" and r.perplexity > best.perplexity
+    assert paired_difference(best.window_nll, worse.window_nll).verdict == "worse"
+    pick = pick_recipe(rows, 3.0)
+    assert pick.best == best and pick.tied == tied and pick.intervals
+    summary = pick.summary()
+    assert summary.endswith("; statistically tied (95% paired interval includes 0): awq w4 g128, rtn w4 g128")
+    assert f"best gptq w4 g128 (gptq 4 128): 2.60 MB, perplexity {best.perplexity:.4f} " \
+           f"[{best.ppl_low:.2f}, {best.ppl_high:.2f}] ({best.change_pct:+.2f}% " \
+           f"[{best.change_low:+.2f}, {best.change_high:+.2f}])" in summary
+    alone = pick_recipe([too_big, worse, best], 3.0)
+    assert alone.tied == [] and alone.summary().endswith(
+        "; significantly better than the other 1 (95% paired intervals exclude 0)")
+    only = pick_recipe(rows, 2.5)                     # worse is the only row that fits: nothing to compare
+    assert only.best == worse and only.tied == [] and "tied" not in only.summary()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_tied_rows_are_the_paired_ties_of_qlab_stats(seed):
+    rows = measured_table(seed)
+    for budget in (3.5, 6.5, 20.0):
+        pick = pick_recipe(rows, budget)
+        assert pick.best == brute_force(rows, budget, None)
+        if pick.best is None:
+            continue
+        expected = [r for r in pick.eligible if r is not pick.best
+                    and paired_difference(pick.best.window_nll, r.window_nll).verdict == "tie"]
+        assert pick.tied == sorted(expected, key=lambda r: (r.perplexity, r.size_mb)) and pick.intervals
+        for r in pick.tied:
+            assert short_label(r) in pick.summary()
+
+
+def test_without_window_nll_the_pick_says_intervals_are_unavailable():
+    rows = random_table(5)
+    pick = pick_recipe(rows, 20.0)
+    assert not pick.intervals and pick.tied == []
+    assert pick.summary().endswith("; intervals unavailable (rows without window_nll): other rows may be as good")
+    assert "[" not in pick.summary()
+    mixed = measured_table(5)[:4] + rows[4:]          # some rows have them, some not: still unavailable
+    assert not pick_recipe(mixed, 20.0).intervals
 
 
 def test_the_largest_budget_picks_the_best_perplexity():
@@ -103,8 +180,40 @@ def test_compare_rows_pairs_live_rows_with_the_table():
     assert text[3].split()[3:6] == ["1.000", "-", "-"] and text[-1] == "table: full test split; live: fast"
 
 
+def test_compare_rows_shows_the_intervals_when_the_rows_have_them():
+    table = measured_table(2)
+    live = [with_windows(ScoreRow(**{**r.to_dict(), "eval_mode": "fast"}), math.log(r.perplexity / FLOAT_PPL) + 0.01,
+                         seed=50 + i) for i, r in enumerate(table[:3])]
+    text = compare_rows(table, live).splitlines()
+    assert len(text) == 1 + len(live) + 1
+    for t, r, line in zip(table, live, text[1:]):
+        assert f"{t.perplexity:.4f} [{t.ppl_low:.2f}, {t.ppl_high:.2f}]" in line
+        assert f"{t.change_pct:+.2f}% [{t.change_low:+.2f}, {t.change_high:+.2f}]" in line
+        live_ppl = line.index(f"{r.perplexity:.4f} [{r.ppl_low:.2f}, {r.ppl_high:.2f}]")
+        assert line.endswith(f"{r.change_pct:+.2f}% [{r.change_low:+.2f}, {r.change_high:+.2f}]")
+        assert live_ppl > line.index(f"{t.change_pct:+.2f}% [")
+        assert r.perplexity == pytest.approx(t.perplexity * math.exp(0.01))
+    assert len({line.index("[") for line in text[1:-1]}) == 1    # the columns stay aligned
+
+
 def test_plot_pick():
     rows = random_table(3)
     assert len(plot_pick(rows).axes) == 1
     pick = pick_recipe(rows, 6.0, 10.0)
-    assert len(plot_pick(rows, pick).axes) == 1
+    ax = plot_pick(rows, pick).axes[0]
+    assert not [c for c in ax.collections if isinstance(c, LineCollection)]      # no intervals: no bars
+
+
+def test_plot_pick_draws_the_intervals_and_stacks_labels_of_one_size():
+    rows = measured_table(3)
+    rows += [with_windows(row("gptq", 8, None, 5.0, FLOAT_PPL), 0.001, seed=7 + i) for i in range(3)]
+    fig = plot_pick(rows, pick_recipe(rows, 6.0, 10.0))
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert sorted((s[0][0], s[0][1], s[1][1]) for s in bars.get_segments()) == \
+        sorted((r.size_mb, r.ppl_low, r.ppl_high) for r in rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    same = [t.get_window_extent(renderer) for t in ax.texts if t.xy[0] == 5.0]    # three rows at 5.0 MB
+    assert len(same) == 3
+    assert not any(a.overlaps(b) for i, a in enumerate(same) for b in same[i + 1:])

@@ -134,3 +134,25 @@ def test_loss_decreases_on_a_fixed_batch():
         loss = F.cross_entropy(m(xy[:, :-1]).reshape(-1, 256), xy[:, 1:].reshape(-1))
         opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_sink_byte_is_read_before_every_window():
+    """bos_byte: the model reads [bos] + idx and returns the logits of idx's positions only; it is the same
+    as running a sink-less twin with one more position on the explicit sequence."""
+    m = tiny(bos_byte=0)
+    assert m.wpe.weight.shape[0] == m.config.block_size + 1
+    idx = torch.randint(1, 256, (2, m.config.block_size))       # a full window still fits
+    out = m(idx)
+    assert out.shape == (2, m.config.block_size, 256)
+    plain = tiny(block_size=m.config.block_size + 1)
+    plain.load_state_dict(m.state_dict())
+    explicit = plain(torch.cat([torch.zeros(2, 1, dtype=torch.long), idx], dim=1))[:, 1:]
+    assert torch.allclose(out, explicit, atol=1e-6)
+    with pytest.raises(ValueError, match="exceeds the context length"):
+        m(torch.zeros(1, m.config.block_size + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [-1, 256, True, 1.0, "0"])
+def test_bad_sink_byte(bad):
+    with pytest.raises(ValueError, match="bos_byte must be None or an int in \\[0, 255\\]"):
+        ModelConfig(bos_byte=bad)

@@ -20,6 +20,7 @@ def test_the_readme_measurements_are_the_committed_json():
     assert tool.replace_block(text, tool.block()) == text, "run python tools/readme_blocks.py"
     assert tool.replace_block(text, tool.times_block(), tool.TIMES_START, tool.TIMES_END) == text
     assert tool.replace_block(text, tool.hosting_block(), tool.HOSTING_START, tool.HOSTING_END) == text
+    assert tool.replace_block(text, tool.phenomena_block(), tool.PHENOMENA_START, tool.PHENOMENA_END) == text
     assert tool.main(["--check"]) == 0
 
 

@@ -4,7 +4,9 @@
   the one with the most rows when there are several), rendered by ``qlab.scoreboard.scoreboard(rows,
   "markdown")``, with the machine it was measured on;
 * the notebook times: the file ``tools/time_notebooks.py`` wrote (``benchmarks/results/notebooks-*.json``);
-* what a class server must give each student (memory, CPU), from the same file.
+* what a class server must give each student (memory, CPU), from the same file;
+* the outlier phenomena of notebooks 6 and 8 (``benchmarks/bench_phenomena.py --save``,
+  ``benchmarks/results/phenomena-*.json``): the trained model, its constructed twin, the recipes tried.
 
 ``tests/test_readme.py`` checks that README.md holds exactly what this writes, so a number in the README
 is always the measured one.
@@ -110,6 +112,45 @@ def hosting_block(results_dir: Path = RESULTS) -> str:
         HOSTING_END])
 
 
+PHENOMENA_START, PHENOMENA_END = "<!-- phenomena:start -->", "<!-- phenomena:end -->"
+
+
+def phenomena_block(results_dir: Path = RESULTS) -> str:
+    """One row per measured model: the figures of issue 13 with their paired 95% intervals."""
+    files = sorted(results_dir.glob("phenomena-*.json"))
+    if not files:
+        raise FileNotFoundError(f"no phenomena-*.json in {results_dir}: run python benchmarks/bench_phenomena.py "
+                                f"shipped twin --save")
+    record = json.loads(files[0].read_text())
+    source = files[0].relative_to(ROOT) if files[0].is_relative_to(ROOT) else files[0]
+    pct = lambda v: f"{100 * v:.0f}%"
+    rec = lambda r: f"{pct(r['recovery'])} [{pct(r['interval'][0])}, {pct(r['interval'][1])}]"
+    chg = lambda c: (f"{c['change_pct']:+.2f}% [{c['change_interval_pct'][0]:+.2f}, "
+                     f"{c['change_interval_pct'][1]:+.2f}]")
+    lines = [PHENOMENA_START,
+             f"Measured on {record['date']} by `benchmarks/bench_phenomena.py` on **{record['machine']}** over every "
+             f"window of the test split ({record['models'][0]['windows']} windows of 256 bytes), "
+             f"{record['calibration']}; 95% paired bootstrap intervals over the windows (`qlab.stats`). "
+             f"Source: `{source}`.",
+             "",
+             "| model | float ppl [95% CI] | max/median channel | naive W8A8 per-tensor | SmoothQuant 0.5 wins back "
+             "| LLM.int8() wins back | int3 g128 RTN | 1% salient in float wins back | random 1% wins back |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in record["models"]:
+        lo, hi = m["float_interval"]
+        lines.append(f"| {m['label']} | {m['float_perplexity']:.4f} [{lo:.3f}, {hi:.3f}] | {m['max_ratio']:.1f} | "
+                     f"{chg(m['w8a8_per_tensor'])} | {rec(m['smoothquant_0.5'])} | {rec(m['llm_int8_6'])} | "
+                     f"{chg(m['rtn_int3_g128'])} | {rec(m['salient_1pct'])} | {rec(m['random_1pct'])} |")
+    t = record["models"][0]["targets"]
+    lines += ["", f"Targets (issue 13): max/median >= {t['outlier_ratio']:g}, naive W8A8 loses >= "
+                  f"{t['w8a8_loss_pct']:g}%, SmoothQuant and LLM.int8() win back >= "
+                  f"{pct(t['smoothquant_recovery'])}, salient 1% >= {pct(t['salient_recovery'])} and >= "
+                  f"{t['salient_over_random']:g}x a random 1%. Met by: "
+                  + "; ".join(f"{m['label']}: {sum(m['met'].values())} of {len(m['met'])}" for m in record["models"])
+                  + ".", PHENOMENA_END]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, new_block: str, start: str = START, end: str = END) -> str:
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise ValueError(f"README.md must hold one {start} ... {end} block")
@@ -118,7 +159,8 @@ def replace_block(text: str, new_block: str, start: str = START, end: str = END)
 
 def updated_readme(text: str) -> str:
     text = replace_block(replace_block(text, block()), times_block(), TIMES_START, TIMES_END)
-    return replace_block(text, hosting_block(), HOSTING_START, HOSTING_END)
+    text = replace_block(text, hosting_block(), HOSTING_START, HOSTING_END)
+    return replace_block(text, phenomena_block(), PHENOMENA_START, PHENOMENA_END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ for r in pareto_front(rows):
 # %%
 model = load_model()
 float_row = run_method(model, "float", mode="fast")
-live = [float_row] + [run_method(model, "rtn", bits, group, mode="fast", float_perplexity=float_row.perplexity)
+live = [float_row] + [run_method(model, "rtn", bits, group, mode="fast", float_result=float_row)
                       for bits, group in ((4, 128), (8, None))]
 print(compare_rows(rows, live))
 

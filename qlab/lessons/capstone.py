@@ -116,7 +116,8 @@ class RecipePick:
         if len(self.eligible) == 1:
             return text
         if not self.tied:
-            return f"{text}; significantly better than the other {len(self.eligible) - 1} (95% paired intervals exclude 0)"
+            return (f"{text}; significantly better than the other {len(self.eligible) - 1} "
+                    f"(95% paired intervals exclude 0)")
         return (f"{text}; statistically tied (95% paired interval includes 0): "
                 f"{', '.join(short_label(r) for r in self.tied)}")
 
