@@ -47,7 +47,10 @@ def _model(name: str, calib: torch.Tensor):
         return twin, f"outlier twin of the shipped model (CONSTRUCTED: channels {list(channels)} x12)"
     path = Path(name)
     if path.name.endswith("train_state.pt") or path.suffix == ".pt" and not path.with_suffix(".json").exists():
-        return load_trained_model(path), f"training state {path}"
+        model = load_trained_model(path)
+        sink = model.config.bos_byte
+        recipe = "the shipped recipe" + ("" if sink is None else f" + sink byte 0x{sink:02x} before every window")
+        return model, f"trained: {recipe} ({path})"
     return load_model(path.stem, path.parent), f"checkpoint {path}"
 
 
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         print(report.table())
         print(f"({seconds:.0f} s on {record['machine']}, {args.threads} thread)\n", flush=True)
         entry = {"name": name, **report.to_dict(), "seconds": round(seconds, 1)}
-        if label.startswith("training state"):
+        if label.startswith("trained:"):
             entry["training"] = _training_record(Path(name))
         record["models"].append(entry)
     out = RESULTS / f"phenomena-{machine_slug()}.json"

@@ -39,18 +39,23 @@ def block(results_dir: Path = RESULTS) -> str:
     rows = board.rows
     source = board.path.relative_to(ROOT) if board.path.is_relative_to(ROOT) else board.path
     calib = f", {board.calib_samples} calibration samples" if board.calib_samples else ""
+    notes = json.loads(board.path.read_text()).get("notes")
     when = f" on {board.date}" if board.date else ""
-    front = ", ".join(short_label(r) for r in pareto_front(rows))
+    paired = all(len(r.window_nll) >= 2 for r in rows)
+    front = ", ".join(short_label(r) for r in pareto_front(rows, paired=paired))
+    rule = ("no other row is both smaller and significantly better: its 95% paired interval over the test "
+            "windows excludes zero" if paired else "no other row is both smaller and better")
     return "\n".join([
         START,
         f"Measured{when} by `qlab ptq --all` on **{board.machine}** (torch {board.torch}): perplexity on the "
-        f"{rows[0].eval_mode} test split{calib}; size as stored (packed codes, scales, zero points and the float "
+        f"{rows[0].eval_mode} test split{calib}, with 95% bootstrap intervals over its windows (the change "
+        f"against float: paired, both models on the same windows); size as stored (packed codes, scales, zero points and the float "
         f"embeddings, norms and `lm_head`); time to quantize on that machine. Source: `{source}`, written into "
-        f"this file by `python tools/readme_blocks.py`.",
+        f"this file by `python tools/readme_blocks.py`." + (f" Note: {notes}." if notes else ""),
         "",
         scoreboard(rows, "markdown"),
         "",
-        f"Pareto front (no other row is both smaller and better): {front}.",
+        f"Pareto front ({rule}): {front}.",
         END,
     ])
 

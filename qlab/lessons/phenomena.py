@@ -170,3 +170,28 @@ def format_recoveries(float_result: PerplexityResult, base_result: PerplexityRes
         r = recovery(float_result.window_nll, base_result.window_nll, res.window_nll)
         lines.append(f"  {name} wins back {r} of it")
     return "\n".join(lines)
+
+
+def committed_phenomena(directory=None) -> dict:
+    """The record ``benchmarks/bench_phenomena.py --save`` committed (the full test split), in a source checkout."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory) if directory is not None else Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    files = sorted(directory.glob("phenomena-*.json"))
+    if not files:
+        raise FileNotFoundError(f"no phenomena-*.json in {directory}: run python benchmarks/bench_phenomena.py "
+                                f"shipped twin --save")
+    return json.loads(files[0].read_text())
+
+
+def format_committed(record: dict) -> str:
+    """One line per model of a committed record: what each recipe gives on the full test split."""
+    lines = [f"full test split ({record['models'][0]['windows']} windows), measured {record['date']} on "
+             f"{record['machine']}:"]
+    for m in record["models"]:
+        w = m["w8a8_per_tensor"]
+        lines.append(f"  {m['label']}: float {m['float_perplexity']:.4f}, max/median {m['max_ratio']:.1f}, naive "
+                     f"W8A8 {w['change_pct']:+.2f}%, salient 1% wins back {100 * m['salient_1pct']['recovery']:.0f}% "
+                     f"of int3 RTN's loss ({sum(m['met'].values())} of {len(m['met'])} bars met)")
+    return "\n".join(lines)
