@@ -120,3 +120,14 @@ def test_bad_slider_values_raise():
     with pytest.raises(ValueError, match="calib_tokens"):
         static_act_ranges(tiny_model(), torch.zeros(5, dtype=torch.long))
     assert set(GROUP_SIZES.values()) == {32, 64, 128, None}
+
+
+def test_describe_model_reads_the_card():
+    from qlab.checkpoint import load_card, load_model
+    from qlab.lessons.ptq import describe_model
+
+    card = load_card()
+    text = describe_model(load_model(), card)
+    assert f"{card['parameters']:,} parameters ({card['parameters']:,} counted here)" in text
+    assert "the 256 byte values" in text and str(card["test_perplexity"]) in text
+    assert f"{card['corpus']['train_bytes']:,} bytes" in text and card["machine"] in text

@@ -30,15 +30,21 @@ setup_notebook()  # one thread (the same sums on any machine), seeded generators
 print(format_store_table(compare_formats(0.1, absmax=4.0)))
 
 # %% [markdown]
-# A large number shows the other side: fp16 and e4m3 **saturate** (qlab clips to the largest finite
-# value: PyTorch's fp16 and e5m2 casts give `inf` instead), while bf16 and e5m2 still have range.
-# The integer formats, whose scale is set by this tensor's absmax of 1000, store it exactly: their
-# trouble is the *small* values, which all share the same coarse step of 1000/127.
+# A large number shows the other side: e4m3's largest finite value is 448, so 1000 **saturates** there
+# (qlab clips, as PyTorch's `float8_e4m3fn` cast does; past their own limits of 65504 and 57344,
+# PyTorch's fp16 and e5m2 casts give `inf` instead). fp16 and bf16 still store 1000 exactly, and e5m2
+# rounds it to 1024: 2 mantissa bits leave a step of 256 at that magnitude. The integer formats, whose
+# scale is set by this tensor's absmax of 1000, store it exactly: their trouble is the *small* values,
+# which all share the same coarse step of 1000/127 (3 rounds to 0, second table).
 
 # %%
-print(format_store_table(compare_formats(1000.0, absmax=1000.0)))
+large, small = compare_formats(1000.0, absmax=1000.0), compare_formats(3.0, absmax=1000.0)
+print(format_store_table(large))
 print()
-print(format_store_table(compare_formats(3.0, absmax=1000.0)))
+print(format_store_table(small))
+got = {r.format: r.stored for r in large}
+assert got["fp8_e4m3"] == 448 and got["fp16"] == got["bf16"] == got["int8"] == 1000 and got["fp8_e5m2"] == 1024
+assert {r.format: r.stored for r in small}["int8"] == 0     # the prose above, checked
 
 # %% [markdown]
 # ## Type a number

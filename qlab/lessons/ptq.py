@@ -223,3 +223,21 @@ def plot_rtn(view: RTNView, sweep: RTNSweep) -> plt.Figure:
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)  # tight_layout is slow for a slider
     return fig
 
+
+
+def describe_model(model: nn.Module, card: Mapping) -> str:
+    """The shipped model in a few lines, from its card: shape, vocabulary, corpus, training, perplexities."""
+    cfg, corpus = card["config"], card["corpus"]
+    hours = card["training_time_s"] / 3600
+    return "\n".join([
+        f"{cfg['n_layer']} blocks, {cfg['n_head']} heads, width {cfg['n_embd']}, MLP {cfg['mlp_ratio'] * cfg['n_embd']}, "
+        f"{card['parameters']:,} parameters ({sum(p.numel() for p in model.parameters()):,} counted here)",
+        f"vocabulary: the {cfg['vocab_size']} byte values (no tokenizer); context {cfg['block_size']} bytes",
+        f"corpus: Python {corpus['python_version']}'s standard library, {corpus['train_files']} files "
+        f"({corpus['train_bytes']:,} bytes) to train, {corpus['test_files']} held-out files "
+        f"({corpus['test_bytes']:,} bytes) to test",
+        f"trained {card['steps']} steps on {card['tokens_seen']:,} bytes ({card['tokens_seen'] / corpus['train_bytes']:.1f} "
+        f"passes), {hours:.1f} h on {card['machine']}",
+        f"test perplexity: {card['test_perplexity']} on every window of the test split ({card['test_bits_per_byte']} "
+        f"bits/byte), {card['test_perplexity_fast']} on the 16 windows of mode='fast'",
+    ])
