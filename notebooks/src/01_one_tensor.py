@@ -17,7 +17,10 @@
 # | asymmetric | $[0,\ 2^b-1]$ | $(hi - lo) / (2^b - 1)$ | $-\mathrm{round}(lo / s)$ |
 #
 # Symmetric grids are cheaper in the matmul (no zero-point cross terms) but waste levels on a skewed
-# range; asymmetric ("affine") grids fit any range. The code: `qlab/lessons/one_tensor.py`
+# range; asymmetric ("affine") grids fit any range. The symmetric row is the **narrow** range,
+# $\pm(2^{b-1}-1)$ ($\pm 127$ in int8, as TensorRT and SmoothQuant use it), symmetric around 0. The
+# **full** range adds the code $-2^{b-1}$ ($-128$) with $s = \max|x| / (2^{b-1} - \tfrac12)$, as
+# torch.ao's `qint8` does; the weight-only layers of notebook 5 use it, hence their $[-128, 127]$. The code: `qlab/lessons/one_tensor.py`
 # (tested in `tests/test_lessons_one_tensor.py`) on top of `qlab.quantize` and `qlab.metrics`.
 
 # %%
@@ -50,7 +53,10 @@ for symmetric in (False, True):
 
 # %% [markdown]
 # ## The whole matrix
-# With the full range (`clip = 1`) nothing is clipped and the error is rounding only. Each level of
+# With the full range (`clip = 1`) nothing is clipped and the error is rounding only. Each summary
+# gives the error as MSE and as the **signal-to-quantization-noise ratio**,
+# $$\mathrm{SQNR} = 10 \log_{10} \frac{\sum x^2}{\sum (x - \hat x)^2}\ \mathrm{dB},$$
+# the signal's power over the rounding noise's: each extra bit halves the step and adds about 6 dB. Each level of
 # the grid (blue) is a value the 4-bit tensor can take; the step is the scale.
 
 # %%
