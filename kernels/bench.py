@@ -48,7 +48,9 @@ class DeviceSpec:
 
 
 DEVICES = (  # matched by substring of torch.cuda.get_device_name()
-    DeviceSpec("H200", 4.3e12, 790e12, 1979e12, "measured copy and bf16 matmul; int8 datasheet"),
+    # Datasheet figures for every entry (dense tensor-core peaks, HBM bandwidth): no committed measurement
+    # stands behind a measured one yet. `qlab bench` on a GPU measures the copy bandwidth and says so.
+    DeviceSpec("H200", 4.8e12, 989e12, 1979e12, "datasheet (SXM)"),
     DeviceSpec("H100", 3.35e12, 989e12, 1979e12, "datasheet (SXM)"),
     DeviceSpec("A100", 2.0e12, 312e12, 624e12, "datasheet (80 GB SXM)"),
 )

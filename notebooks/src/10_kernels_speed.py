@@ -67,13 +67,19 @@ print(view.table(m_values=(1, 4, 16, 64, 128, 512, 4096)))
 
 # %% [markdown]
 # Left: every (kind, M) on the roofline. Points on the slanted line are memory-bound (time = bytes /
-# bandwidth); points on a flat roof are compute-bound. Right: the ideal speedup. W4A16 holds ~3.9x
-# while memory-bound, falls from $M \approx 50$ on, and is no faster than fp16 from $M \approx 200$;
-# W8A8 ends at 2.5x, the ratio of the int8 and bf16 peaks.
+# bandwidth); points on a flat roof are compute-bound. Right: the ideal speedup. W4A16 holds its
+# memory-bound gain for small $M$, loses it as $M$ approaches the ridge point, and is no faster than
+# fp16 beyond; W8A8 ends at the ratio of the int8 and bf16 peaks. The numbers, from the same view:
 
 # %%
 plot_roofline(view, mark_m=16)
 plt.show()
+w4 = dict(zip(view.m_values, view.speedup["w4a16"]))
+w8a8 = dict(zip(view.m_values, view.speedup["w8a8"]))
+falls = min(m for m, v in w4.items() if v < 0.9 * w4[1])
+print(f"W4A16: {w4[1]:.2f}x at M = 1, below 90% of that from M = {falls}, 1.00x from M = "
+      f"{min(m for m, v in w4.items() if v <= 1.0 + 1e-9)}; W8A8 at M = {max(w8a8)}: {w8a8[max(w8a8)]:.2f}x "
+      f"= int8 / bf16 peak {H200.int8_ops / H200.bf16_flops:.2f}")
 
 # %% [markdown]
 # ## Try it
@@ -103,24 +109,27 @@ def show(N, K, log2_M):
 #    kernel turn codes into floats with a bit trick (OR-ing a 4-bit code into the mantissa of 1024.0)
 #    instead of int-to-float conversions.
 # 2. **Large M is compute-bound.** There the weight bytes no longer matter, the best weight-only
-#    quantization can do is 1x, and dequantization makes it slower. Serving stacks therefore dequantize
-#    once and call the fp16 GEMM for prefill, and keep the int4 kernel for decoding.
+#    quantization can do is 1x, and dequantization can make it slower. Some stacks therefore switch to
+#    the fp16 GEMM for large batches (prefill); kernels like Marlin are built to stay close to fp16
+#    speed there instead, so the int4 weights serve both phases.
 # 3. **No kernel at all.** Without a fused kernel, a quantized layer dequantizes its whole weight into
 #    float at every call and then runs the ordinary float matmul: strictly more work than float. That
-#    is qlab's plain-torch reference path, the one that runs on this CPU. Measured here, live
-#    (a 1024 x 1024 layer, float32; timings vary from run to run):
+#    is qlab's plain-torch reference path, the one that runs on this CPU: the w4 layer unpacks and
+#    dequantizes its whole weight at every call, the w8 layer converts its int8 codes to float and
+#    scales the output. Measured here, live (a 1024 x 1024 layer, float32, median of 15 calls after a
+#    warm-up; timings vary from run to run and machine to machine, so the cell's output is not checked):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-timing = cpu_timing(N=1024, K=1024, m_values=(1, 16, 256, 2048), repeats=3)
+timing = cpu_timing(N=1024, K=1024, m_values=(1, 16, 256, 2048), repeats=15)
 print(timing.table())
 plot_cpu_timing(timing)
 plt.show()
 
 # %% [markdown]
-# At $M = 1$ the float GEMV reads 4 MB once; the reference path first writes a whole float copy of the
-# weight (unpacking int4 costs more than reading int8), so it is many times slower. As $M$ grows the
-# matmul dominates both, and the ratio falls towards 1: the dequantization is paid once per call.
+# Read the ratios: a ratio above 1 is time the reference path spends on top of the float product.
+# That extra work is paid once per call whatever $M$ is, while the product grows with $M$, so it
+# weighs most at small $M$, exactly where a GPU kernel would have gained the most.
 #
 # ## The Triton kernels, live
 # qlab's kernels (`qlab.kernels`, one file each: `w4a16.py`, `w8a16.py`, `w8a8.py`,
