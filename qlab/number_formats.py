@@ -88,17 +88,25 @@ class MemoryRow:
     gigabytes: float
 
 
-def memory_table(n_params: float, *, group_size: int = 128) -> list[MemoryRow]:
-    """Weight memory of ``n_params`` parameters (GB = 1e9 bytes) in fp32, bf16, int8 and int4.
+def memory_table(n_params: float, *, group_size: int = 128, row_length: int = 4096,
+                 scale_bits: int = 16) -> list[MemoryRow]:
+    """Weight memory of ``n_params`` parameters (GB = 1e9 bytes) in fp32, bf16, int8 and int4, every
+    parameter quantized (a back-of-the-envelope figure; ``qlab.layers.model_size_bytes`` measures a real model).
 
-    int8 is per-channel (one fp16 scale per row of 4096: negligible); int4 is per-group with an fp16
-    scale and an fp16 zero point per ``group_size`` weights.
+    int8 is per-channel, one scale per row of ``row_length`` weights; int4 is per-group with a scale and
+    a zero point per ``group_size`` weights; scales and zero points of ``scale_bits`` bits (fp16, as
+    checkpoints usually store them; qlab's layers keep fp32: ``scale_bits=32``).
     """
     if not n_params > 0:
         raise ValueError(f"n_params must be > 0, got {n_params}")
+    for name, value in (("group_size", group_size), ("row_length", row_length), ("scale_bits", scale_bits)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     rows = [("fp32", 32.0), ("bf16", 16.0),
-            ("int8 per-channel", effective_bits_per_weight((8, 4096), scale_bits=16, zero_bits=0)),
-            (f"int4 g{group_size} (+scale+zero)", effective_bits_per_weight((4, group_size), scale_bits=16, zero_bits=16))]
+            (f"int8 per-channel (rows of {row_length})",
+             effective_bits_per_weight((8, row_length), scale_bits=scale_bits, zero_bits=0)),
+            (f"int4 g{group_size} (+scale+zero)",
+             effective_bits_per_weight((4, group_size), scale_bits=scale_bits, zero_bits=scale_bits))]
     return [MemoryRow(name, bpw, n_params * bpw / 8 / 1e9) for name, bpw in rows]
 
 
@@ -106,4 +114,4 @@ def format_memory_table(rows: list[MemoryRow]) -> str:
     def size(gb: float) -> str:
         return f"{gb:9.2f} GB" if gb >= 1 else f"{gb * 1e3:9.2f} MB"
 
-    return "\n".join(f"{r.format:<26} {r.bits_per_weight:>7.3f} bits/weight {size(r.gigabytes)}" for r in rows)
+    return "\n".join(f"{r.format:<36} {r.bits_per_weight:>7.3f} bits/weight {size(r.gigabytes)}" for r in rows)

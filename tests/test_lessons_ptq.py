@@ -39,11 +39,14 @@ def test_slider_equals_the_swapped_model(bits, group_size):
     assert view.perplexity == pytest.approx(perplexity_on(qmodel, w).perplexity, rel=1e-6)
     assert view.sample == generate(qmodel, "def ", 6)
     assert view.size_bytes == model_size_bytes(qmodel)
-    # bits per weight: codes + one fp16 scale and fp16 zero per group, over the 2 x 6 linears of the blocks
+    # bits per weight: codes + one fp32 scale and fp32 zero per group (as stored), over the 2 x 6 linears
     linears = [m for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
     groups = sum(m.out_features * (m.in_features // (group_size or m.in_features)) for m in linears)
     weights = sum(m.out_features * m.in_features for m in linears)
-    assert view.bits_per_weight == pytest.approx(bits + 32 * groups / weights)
+    stored = sum(m.storage_bytes() - (m.bias.numel() * 4 if m.bias is not None else 0) for m in linears)
+    assert view.bits_per_weight == pytest.approx(8 * stored / weights)
+    if bits in (2, 3, 4, 8):   # packed widths: exactly the codes plus the scales and zero points
+        assert view.bits_per_weight == pytest.approx(bits + 64 * groups / weights)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

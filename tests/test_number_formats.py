@@ -50,3 +50,8 @@ def test_memory_of_70b_parameters():
     assert rows["int4"].gigabytes == pytest.approx(70e9 * 4.25 / 8 / 1e9)
     with pytest.raises(ValueError, match="n_params"):
         memory_table(0)
+    fp32_scales = {r.format.split()[0]: r for r in memory_table(70e9, scale_bits=32, row_length=8192)}
+    assert fp32_scales["int4"].bits_per_weight == pytest.approx(4.5)
+    assert fp32_scales["int8"].bits_per_weight == pytest.approx(8 + 32 / 8192)
+    with pytest.raises(ValueError, match="row_length"):
+        memory_table(1e9, row_length=0)

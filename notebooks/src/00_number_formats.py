@@ -16,6 +16,8 @@
 # and `qlab/sizes.py` (bits per weight).
 
 # %%
+import torch
+
 from qlab.lessons import setup_notebook
 from qlab.number_formats import compare_formats, format_store_table, memory_table, format_memory_table, ALL_FORMATS
 
@@ -63,19 +65,32 @@ def show(value, absmax):
 # ## What a model costs
 # Memory of the weights alone = parameters × bits per weight / 8. Quantized formats add their scales
 # (and zero points): 4-bit weights with an fp16 scale and an fp16 zero point per group of 128 weights
-# cost `4 + 32/128 = 4.25` bits per weight. A 70-billion-parameter model:
+# cost `4 + 32/128 = 4.25` bits per weight (qlab's layers keep fp32 scales and zero points: 4.50). A
+# 70-billion-parameter model, every parameter quantized, fp16 scales:
 
 # %%
 print(format_memory_table(memory_table(70e9)))
 
 # %% [markdown]
-# And the small Transformer that ships with qlab (notebook 5 quantizes it):
+# That is an estimate with every parameter quantized. A real model keeps some parts in float, and a
+# real layer stores its scales in some format. For the small Transformer that ships with qlab
+# (notebook 5 quantizes it), the sizes as its quantized layers store them (`model_size_bytes`: packed
+# codes, fp32 scales and zero points, and the float embeddings, norms and output head) are the ones
+# every later notebook and the scoreboard use:
 
 # %%
-from qlab.model import GPT, PRESETS
-n = GPT(PRESETS["small"]).num_parameters()
-print(f"{n:,} parameters")
-print(format_memory_table(memory_table(n)))
+from qlab.checkpoint import load_model
+from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+
+model = load_model()
+n = model.num_parameters()
+quantized = sum(m.weight.numel() for name, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and name != "lm_head")
+print(f"{n:,} parameters, {quantized:,} of them in the linear layers of the blocks (what gets quantized)")
+for name, recipe in (("fp32", None), ("int8 per-channel", QuantRecipe("weight_only", bits=8, group_size=None)),
+                     ("int4 g128", QuantRecipe("weight_only", bits=4, group_size=128))):
+    size = model_size_bytes(model if recipe is None else quantize_model(model, recipe))
+    print(f"{name:<18} {size / 1e6:6.2f} MB as stored")
 
 # %% [markdown]
 # **Take-away.** Fewer bits mean less memory and memory traffic, and a coarser grid. The rest of the

@@ -64,7 +64,11 @@ for name, recipe in SCHEMES.items():
 # %% [markdown]
 # ## Four schemes, one table
 # Size is everything the model stores (fp32 embeddings and head included; the quantized layers keep
-# their scales in fp32 here). Static W8A8 takes each layer's activation range from 32 calibration
+# their scales in fp32 here). This is the project's one size convention, used by every later
+# notebook and the scoreboard: a layer's **bits per weight** count its packed codes plus its scales and
+# zero points as stored, so int4 with groups of 128 and an fp32 scale and zero point per group is
+# $4 + 64/128 = 4.50$ bits per weight (4.25 with fp16 ones, as many checkpoints store them); widths
+# that do not pack into bytes (5 to 7 bits) are stored as 8-bit codes. Static W8A8 takes each layer's activation range from 32 calibration
 # sequences (MinMax).
 
 # %%

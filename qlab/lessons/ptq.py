@@ -38,7 +38,6 @@ from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
 from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear
-from qlab.sizes import model_bytes
 from qlab.spec import QuantSpec
 from qlab.stats import change_cell, perplexity_cell
 
@@ -142,10 +141,12 @@ def dequantized_model(qmodel: nn.Module) -> nn.Module:
     return qmodel
 
 
-def _ideal_bits_per_weight(qmodel: nn.Module, spec: QuantSpec) -> float:
-    """Packed codes + an fp16 scale and zero point per group, averaged over the quantized weights."""
-    shapes = [(m.out_features, m.in_features) for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
-    return 8 * model_bytes(shapes, spec) / sum(n * k for n, k in shapes)
+def _stored_bits_per_weight(qmodel: nn.Module) -> float:
+    """What the quantized layers store (packed codes + their scales and zero points as stored, fp32 here),
+    averaged over their weights: the one convention of the project (``qlab.scoreboard``, notebooks 5-11)."""
+    layers = [m for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
+    bias = sum(m.bias.numel() * m.bias.element_size() for m in layers if m.bias is not None)
+    return 8 * (sum(m.storage_bytes() for m in layers) - bias) / sum(m.out_features * m.in_features for m in layers)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class RTNView:
 
     bits: int
     group_size: Optional[int]
-    bits_per_weight: float   # codes + fp16 scale and zero per group (what a deployed checkpoint holds)
+    bits_per_weight: float   # codes + scale and zero per group as stored (fp32 here), over the quantized layers
     size_bytes: int          # qlab's stored model (fp32 scales), ``model_size_bytes``
     perplexity: float
     sample: str              # greedy; "" when no tokens were asked for
@@ -170,7 +171,7 @@ def rtn_view(model: nn.Module, bits: int, group_size: Optional[int], windows: Te
     """Quantize every linear of the blocks with RTN (``quantize_model``), then perplexity and a sample."""
     spec = rtn_spec(bits, group_size)
     qmodel = quantize_model(model, QuantRecipe("weight_only", spec=spec))
-    size, bpw = model_size_bytes(qmodel), _ideal_bits_per_weight(qmodel, spec)
+    size, bpw = model_size_bytes(qmodel), _stored_bits_per_weight(qmodel)
     fast = dequantized_model(qmodel)
     sample = generate(fast, prompt, n_tokens) if n_tokens else ""
     return RTNView(bits, group_size, bpw, size, perplexity_on(fast, windows).perplexity, sample)
