@@ -444,6 +444,8 @@ def short_label(row: ScoreRow) -> str:
     if row.method in ACT_METHODS:
         return row.method
     where = "ch" if row.group_size is None else f"g{row.group_size}"
+    if row.method == "mixed":   # a plan of 2/3/4/8-bit layers under an average budget, not one width
+        return f"mixed {row.wbits:g} b/w {where}"
     return f"{row.method} w{row.wbits:g} {where}"
 
 

@@ -150,4 +150,4 @@ def test_plot_and_table():
     assert len(fig.axes[0].lines) == len(CALIBRATOR_NAMES)
     matplotlib.pyplot.close(fig)
     text = format_calibration_table(view, {n: 3.0 + i / 100 for i, n in enumerate(CALIBRATOR_NAMES)}, 3.0)
-    assert "mse" in text and "+1.333%" in text and math.isfinite(view.sqnr_db["mse"])
+    assert "mse" in text and "+1.33%" in text and math.isfinite(view.sqnr_db["mse"])

@@ -194,9 +194,11 @@ def plot_scale_view(view: ScaleView, search: ScaleSearch, title: str = "") -> pl
 def plot_scale_curves(report: AWQReport) -> plt.Figure:
     """Every group's search curve from an ``AWQReport`` (relative to r = 0), its minimum marked."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    for s in report.scale_searches:
+    styles = ("-", "--", ":", "-.")
+    for i, s in enumerate(report.scale_searches):   # 10 colours, so the line style tells the 11th+ apart
         rel = (s.losses / s.losses[0]).numpy()
-        line, = ax.plot(s.ratios.numpy(), rel, lw=1, label=f"{s.prev} -> {', '.join(n.rpartition('.')[2] for n in s.linears)}")
+        line, = ax.plot(s.ratios.numpy(), rel, lw=1, ls=styles[(i // 10) % len(styles)], color=f"C{i % 10}",
+                        label=f"{s.prev} -> {', '.join(n.rpartition('.')[2] for n in s.linears)}")
         ax.plot(s.best_ratio, float(s.losses.min() / s.losses[0]), "o", color=line.get_color())
     ax.axhline(1.0, color="k", ls=":", lw=1)
     ax.set(xlabel="exponent r", ylabel="output MSE / MSE at r = 0 (round-to-nearest)", title="AWQ scale search, every group")

@@ -35,6 +35,7 @@ from torch import Tensor
 from qlab.calibrators import CalibrationResult, Calibrator, Entropy, MinMax, MovingAverageMinMax, MSE, Percentile
 from qlab.capture import ActivationStats, capture_activations
 from qlab.evaluate import perplexity_on
+from qlab.stats import change_cell
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons import log_yscale
 from qlab.metrics import sqnr_db
@@ -121,11 +122,17 @@ def layer_input(model: nn.Module, layer: str, tokens: Tensor, batch_size: int = 
     return stats[layer].reservoir  # the reservoir keeps every row while it is not full
 
 
-def w8a8_static_perplexity(model: nn.Module, ranges: Mapping[str, CalibrationResult], windows: Tensor) -> float:
-    """Perplexity on ``windows`` with every linear (but lm_head) swapped for W8A8 with static
-    per-tensor activation scales ``amax / 127`` from ``ranges`` (layer -> CalibrationResult)."""
+def w8a8_static_result(model: nn.Module, ranges: Mapping[str, CalibrationResult], windows: Tensor):
+    """The ``PerplexityResult`` on ``windows`` (per-window NLL included, for intervals) with every linear
+    (but lm_head) swapped for W8A8 with static per-tensor activation scales ``amax / 127`` from
+    ``ranges`` (layer -> CalibrationResult)."""
     qmodel = quantize_model(model, QuantRecipe("w8a8", act="static"), act_ranges=ranges)
-    return perplexity_on(qmodel, windows).perplexity
+    return perplexity_on(qmodel, windows)
+
+
+def w8a8_static_perplexity(model: nn.Module, ranges: Mapping[str, CalibrationResult], windows: Tensor) -> float:
+    """The perplexity of ``w8a8_static_result``."""
+    return w8a8_static_result(model, ranges, windows).perplexity
 
 
 # ----------------------------------------------------------------------------- one layer's input
@@ -197,7 +204,7 @@ def with_percentile(view: CalibrationView, x: Tensor, percentile: float, batch_r
 def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
     """Left: |x| histogram with every threshold. Right: the searched curves with their minimum marked."""
     fig = plt.figure(figsize=(12, 4.6))
-    grid = fig.add_gridspec(3, 2, width_ratios=(1.4, 1), left=0.06, right=0.98, bottom=0.1, top=0.93,
+    grid = fig.add_gridspec(3, 2, width_ratios=(1.4, 1), left=0.075, right=0.98, bottom=0.1, top=0.93,
                             wspace=0.15, hspace=0.3)  # fixed margins: no tight_layout pass per slider move
     ax = fig.add_subplot(grid[:, 0])
     ax.stairs(view.counts.numpy(), view.edges.numpy(), fill=True, color="0.7")
@@ -212,7 +219,7 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
     for name in ("entropy", "mse"):
         if name in view.results and view.results[name].curve is not None:
             c, loss = view.results[name].curve
-            curves[name] = (c, loss, "KL(P||Q)" if name == "entropy" else "MSE")
+            curves[name] = (c, loss, "KL(P||Q)" if name == "entropy" else "MSE (histogram)")
     for i, (name, (c, loss, ylabel)) in enumerate(curves.items()):
         cax = fig.add_subplot(grid[i, 1], sharex=ax)
         cax.plot(c.numpy(), loss.numpy(), color=COLORS[name], lw=1)
@@ -225,12 +232,17 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
     return fig
 
 
-def format_calibration_table(view: CalibrationView, perplexities: Mapping[str, float], float_ppl: float) -> str:
-    """The notebook's summary: per calibrator, the layer's amax / SQNR and the W8A8 model's perplexity."""
-    lines = [f"{'calibrator':<15} {'amax':>9} {'SQNR dB':>8} {'W8A8 ppl':>9} {'vs float':>9}"]
+def format_calibration_table(view: CalibrationView, perplexities: Mapping, float_ppl) -> str:
+    """The notebook's summary: per calibrator, the layer's amax / SQNR and the W8A8 model's perplexity.
+
+    ``perplexities`` (name -> PerplexityResult or number) and ``float_ppl`` (likewise): with results
+    measured on the same windows, the change against float carries its paired 95% interval.
+    """
+    ppl_of = lambda r: r if isinstance(r, (int, float)) else r.perplexity  # noqa: E731
+    lines = [f"{'calibrator':<15} {'amax':>9} {'SQNR dB':>8} {'W8A8 ppl':>9} {'vs float [paired 95% CI]':>26}"]
     for name in view.results:
-        ppl = perplexities[name]
+        r = perplexities[name]
         lines.append(f"{name:<15} {float(view.results[name].amax):9.4f} {view.sqnr_db[name]:8.2f} "
-                     f"{ppl:9.4f} {100 * (ppl / float_ppl - 1):+8.3f}%")
-    lines.append(f"{'float':<15} {'':>9} {'':>8} {float_ppl:9.4f}")
+                     f"{ppl_of(r):9.4f} {change_cell(float_ppl, r, width=26)}")
+    lines.append(f"{'float':<15} {'':>9} {'':>8} {ppl_of(float_ppl):9.4f}")
     return "\n".join(lines)

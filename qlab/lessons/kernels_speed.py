@@ -252,7 +252,7 @@ def plot_cpu_timing(timing: CpuTiming) -> plt.Figure:
     for k, r in timing.ratios.items():
         ax.plot(timing.m_values, r, "-o", label=k, color=COLORS["w4a16" if "w4" in k else "w8a16"])
     ax.axhline(1.0, color="0.5", lw=0.8, label="float")
-    ax.set(xscale="log", xlabel="M", ylabel="time / float time",
+    ax.set(xscale="log", yscale="log", xlabel="M", ylabel="time / float time (log)",
            title=f"Reference path on this CPU, N x K = {timing.N} x {timing.K}")
     ax.legend(fontsize=8)
     fig.tight_layout()
