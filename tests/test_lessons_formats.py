@@ -118,7 +118,9 @@ def test_plot_grid():
     levels = format_levels("fp4_e2m1", float(x.abs().max()) / 6)
     shown = levels.abs() <= 0.5 * float(x.abs().max()) * (1 + 1e-6)
     assert len(ax.collections[0].get_segments()) == int(shown.sum())
-    assert ax.get_xlim()[1] == pytest.approx(0.5 * float(x.abs().max()), rel=1e-6)
+    assert ax.get_xlim()[1] == pytest.approx(1.04 * 0.5 * float(x.abs().max()), rel=1e-6)
+    lo, hi = ax.get_xlim()      # every level shown lies strictly inside the frame, the outermost included
+    assert all(lo < float(v) < hi for v in levels[shown])
     matplotlib.pyplot.close(fig)
     views = [grid_view(x, "gaussian", f) for f in ("int4", "nf4", "int8")]
     fig = plot_grid(views)

@@ -48,7 +48,9 @@ SPEC = (3, 128, False)  # (bits, group size, symmetric): 3-bit, groups of 128, z
 # ## The Hessian of one layer
 # One pass over the calibration tokens fills $H$ for every linear of the blocks (`GPTQ.add_batch`,
 # a running average). Here the first MLP layer, which reads the LayerNorm output: its diagonal says
-# how strongly each input is used, the off-diagonal how inputs move together.
+# how strongly each input is used (right), the off-diagonal how inputs move together. The heat map
+# shows $H$ normalised to correlations, $|H_{ij}| / \sqrt{H_{ii} H_{jj}}$ (1 on the diagonal), so that
+# the structure is visible whatever the inputs' magnitudes.
 
 # %%
 hessians = layer_hessians(model, calib, block_linears(model))

@@ -156,6 +156,9 @@ def grid_view(x: Tensor, distribution: str, name: str, zoom: float = 1.0, num_bi
                     mse(x, x_hat), sqnr_db(x, x_hat))
 
 
+MARGIN = 1.04   # the x range of plot_grid, relative to the histogram's: every level drawn stays visible
+
+
 def plot_grid(views: GridView | Sequence[GridView]) -> plt.Figure:
     """Histogram (log counts) with the grid's levels as vertical lines, one panel per view (shared x)."""
     views = [views] if isinstance(views, GridView) else list(views)
@@ -169,7 +172,7 @@ def plot_grid(views: GridView | Sequence[GridView]) -> plt.Figure:
         ax.set_title(f"{view.distribution} in {view.format}: {view.levels.numel()} levels shown, "
                      f"SQNR {view.sqnr_db:.2f} dB", fontsize=10)
     half = max(float(max(-v.edges[0], v.edges[-1])) for v in views)
-    ax.set_xlim(-half, half)
+    ax.set_xlim(-MARGIN * half, MARGIN * half)   # a margin: the outermost levels sit at +-half, not on the frame
     ax.set_xlabel("value")
     height = fig.get_figheight()  # fixed margins in inches: no layout pass per slider move
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.55 / height, top=1 - 0.35 / height, hspace=0.45)

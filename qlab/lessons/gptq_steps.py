@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
-from matplotlib.colors import SymLogNorm
 from torch import Tensor
 
 from qlab.algorithms.gptq import GPTQ, as_gptq_spec, gptq, gptq_naive
@@ -61,15 +60,18 @@ def block_linears(model: nn.Module) -> list[str]:
 
 
 def plot_hessian(H: Tensor, name: str = "") -> plt.Figure:
-    """Left: H as a heatmap (symmetric log colour scale); right: its diagonal, sum of x_k^2 per input."""
+    """Left: H normalised to correlations, |H_ij| / sqrt(H_ii H_jj) in [0, 1] on a linear colour scale
+    (1 on the diagonal; how strongly two inputs move together, whatever their magnitudes); right:
+    its diagonal, sum of x_k^2 per input (how much each input is used), on a log axis."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": (1, 1.4)})
     h = H.double()
-    lim = float(h.abs().max())
-    im = axes[0].imshow(h.numpy(), cmap="RdBu_r", norm=SymLogNorm(lim / 100, vmin=-lim, vmax=lim), interpolation="nearest")
-    fig.colorbar(im, ax=axes[0], fraction=0.046)
-    axes[0].set(title=f"H = 2/M X^T X {name}", xlabel="input k", ylabel="input k")
+    d = torch.diag(h).clamp(min=torch.finfo(torch.float64).tiny).sqrt()   # dead inputs: H_kk = 0
+    corr = (h.abs() / d[:, None] / d[None, :]).clamp(max=1.0)
+    im = axes[0].imshow(corr.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], fraction=0.046, label="|H_ij| / sqrt(H_ii H_jj)")
+    axes[0].set(title=f"H as correlations {name}", xlabel="input k", ylabel="input k")
     axes[1].plot(torch.diag(h).numpy(), lw=1)
-    axes[1].set(title="diag(H): how much each input is used", xlabel="input k", ylabel="H[k, k]", yscale="log")
+    axes[1].set(title="diag(H): how much each input is used", xlabel="input k", ylabel="H[k, k] (log)", yscale="log")
     fig.tight_layout()
     return fig
 

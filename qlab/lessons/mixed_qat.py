@@ -68,8 +68,7 @@ def plot_sensitivity(sens: LayerSensitivity) -> plt.Figure:
     for c, recipe in enumerate(sens.candidates):
         xs = [l + (c - (C - 1) / 2) * width for l in range(L)]
         ax.bar(xs, change[:, c].tolist(), width, color=BIT_COLORS.get(recipe.bits), label=f"{recipe.bits}-bit")
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.axhline(0, color="k", lw=0.6)
+    ax.axhline(0, color="k", lw=0.6)   # a linear axis: a symlog one hides which bars are noise around 0
     ax.set_xticks(range(L), [short_name(n) for n in sens.layers], rotation=60, ha="right", fontsize=8)
     ax.set(ylabel="perplexity change (%)",
            title=f"Only this layer quantized (group {sens.candidates[0].group_size or 'per channel'}; {sens.split} split)")
@@ -164,8 +163,7 @@ def plot_plan(view: PlanView) -> plt.Figure:
     bx.plot(view.plan.bits_per_weight, view.predicted_change, "o", mfc="none", color="k", ms=9, label="plan, predicted")
     bx.plot(view.plan.bits_per_weight, view.measured_change, "*", color="k", ms=12, label="plan, measured")
     bx.axvline(view.plan.budget, color="0.5", ls=":", lw=1)
-    bx.set_yscale("symlog", linthresh=1.0)
-    bx.set_ylim(bottom=min(0.0, *view.front_change, view.measured_change) * 1.2)
+    bx.set_ylim(bottom=min(0.0, *view.front_change, view.measured_change) * 1.2)   # linear, like the bars
     bx.set(xlabel="average bits per weight (scales included)", ylabel="perplexity change vs float (%)")
     bx.legend(fontsize=7)
     fig.tight_layout()
