@@ -209,11 +209,13 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
     ax = fig.add_subplot(grid[:, 0])
     ax.stairs(view.counts.numpy(), view.edges.numpy(), fill=True, color="0.7")
     log_yscale(ax)
-    for name, r in view.results.items():
-        ax.axvline(float(r.amax), color=COLORS.get(name, "k"), lw=1.5,
-                   label=f"{name}: {float(r.amax):.3f} ({view.sqnr_db[name]:.1f} dB)")
+    top = max(float(view.counts.max()), 1.0)
+    for name, r in view.results.items():   # the thresholds stop at the histogram's top: the legend sits above
+        ax.plot([float(r.amax)] * 2, [0.5, 2 * top], color=COLORS.get(name, "k"), lw=1.5,
+                label=f"{name}: {float(r.amax):.3f} ({view.sqnr_db[name]:.1f} dB)")
+    ax.set_ylim(0.5, top * 10 ** 2.4)
     ax.set(xlabel="|x|", ylabel="count", title=title or "|x| and the calibrated thresholds")
-    ax.legend(fontsize=8, loc="upper right")   # a fixed place: "best" is slow to find on a slider
+    ax.legend(fontsize=8, loc="upper right", ncol=2)   # a fixed place: "best" is slow to find on a slider
     t, above = view.tail
     curves = {"percentile": (t, above, "P(|x| > t)")}
     for name in ("entropy", "mse"):
