@@ -129,10 +129,10 @@ def outlier_figures(model: GPT, n_samples: int = 32, length: int = 256, seed: in
 
 
 TRAINING_FIELDS = ("steps", "tokens_seen", "train_config", "training_time_s", "machine", "threads", "training_notes",
-                   "history",
-                   # written by benchmarks/bench_phenomena.py --card: the outlier figures of the lessons on the
-                   # full test split (the model and its constructed twin), and the recipes tried for outliers
-                   "phenomena", "outlier_recipes")
+                   "history")
+# Written into the card by benchmarks/bench_phenomena.py --card (the outlier figures of the lessons on the full
+# test split, and the recipes tried for outliers): kept by refresh_card when present, absent otherwise.
+MEASURED_FIELDS = ("phenomena", "outlier_recipes")
 
 
 def measure_card(model: GPT, weights: Path, training: dict) -> dict:
@@ -146,7 +146,8 @@ def measure_card(model: GPT, weights: Path, training: dict) -> dict:
         "name": weights.stem,
         "config": model.config.to_dict(),
         "parameters": model.num_parameters(),
-        **{k: training.get(k) for k in TRAINING_FIELDS if k in training or k not in ("phenomena", "outlier_recipes")},
+        **{k: training.get(k) for k in TRAINING_FIELDS},
+        **{k: training[k] for k in MEASURED_FIELDS if k in training},
         "val_perplexity": round(val.perplexity, 4),
         "val_bits_per_byte": round(val.bits_per_byte, 4),
         "test_perplexity": round(test.perplexity, 4),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from qlab.checks import check_int, check_seed
 from qlab.corpus import load_corpus
 from qlab.model import VOCAB_SIZE, check_token_ids
-from qlab.stats import windows_fingerprint
+from qlab.stats import perplexity_interval, windows_fingerprint
 
 FAST_WINDOWS = 16
 
@@ -46,8 +46,6 @@ class PerplexityResult:
 
     def interval(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
         """Bootstrap interval of the perplexity over windows (``qlab.stats.perplexity_interval``)."""
-        from qlab.stats import perplexity_interval
-
         if len(self.window_nll) < 2:
             raise ValueError(f"an interval needs at least 2 windows, this result has {len(self.window_nll)}")
         return perplexity_interval(self.window_nll, level=level, n_boot=n_boot, seed=seed)

@@ -19,6 +19,7 @@ Seeded (numpy's PCG64 ``default_rng(seed)``), so the same results give the same 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -54,11 +55,29 @@ def _as_values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
 
 
 def resample_indices(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
-    """(n_boot, n) window indices drawn with replacement from ``default_rng(seed)``."""
+    """(n_boot, n) window indices drawn with replacement from ``default_rng(seed)`` (read-only: drawn once
+    per (n, n_boot, seed) and shared)."""
     check_int("n", n, 1)
     check_int("n_boot", n_boot, 1)
     check_int("seed", seed, 0, 2**64 - 1)  # numpy's default_rng takes non-negative seeds
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return _indices(n, n_boot, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx.flags.writeable = False
+    return idx
+
+
+@functools.lru_cache(maxsize=512)
+def _resampled_perplexities(window_nll: tuple, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) exp(mean NLL) of each resample of one result: computed once per result, so comparing n
+    results pair by pair (a table, a Pareto front, a slider) costs n resamplings, not n^2."""
+    nll = np.asarray(window_nll, dtype=np.float64)
+    out = np.exp(nll[resample_indices(nll.size, n_boot, seed)].mean(axis=1))
+    out.flags.writeable = False
+    return out
 
 
 def _quantiles(stats: np.ndarray, level: float) -> tuple[float, float]:
@@ -135,8 +154,7 @@ def paired_difference(nll_a, nll_b, *, level: float = LEVEL, n_boot: int = N_BOO
     if a.size != b.size:
         raise ValueError(f"nll_a and nll_b must hold one value per window of the same windows, got {a.size} "
                          f"and {b.size} values")
-    idx = resample_indices(a.size, n_boot, seed)
-    ppl_a, ppl_b = np.exp(a[idx].mean(axis=1)), np.exp(b[idx].mean(axis=1))  # (n_boot,) each
+    ppl_a, ppl_b = (_resampled_perplexities(tuple(x.tolist()), n_boot, seed) for x in (a, b))  # (n_boot,) each
     pa, pb = math.exp(a.mean()), math.exp(b.mean())
     return PairedDifference(pa, pb, pb - pa, Interval(*_quantiles(ppl_b - ppl_a, level), level),
                             100 * (pb / pa - 1), Interval(*_quantiles(100 * (ppl_b / ppl_a - 1), level), level),
@@ -184,8 +202,7 @@ def recovery(nll_reference, nll_base, nll_method, *, level: float = LEVEL, n_boo
     if not base > ref:
         raise ValueError(f"the baseline (perplexity {base:.4f}) loses nothing against the reference ({ref:.4f}): "
                          f"there is no gap to recover")
-    idx = resample_indices(arrays[0].size, n_boot, seed)
-    r, b, m = (np.exp(a[idx].mean(axis=1)) for a in arrays)  # (n_boot,) each
+    r, b, m = (_resampled_perplexities(tuple(a.tolist()), n_boot, seed) for a in arrays)  # (n_boot,) each
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = (b - m) / (b - r)
     boot = boot[np.isfinite(boot)]

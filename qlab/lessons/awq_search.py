@@ -93,17 +93,28 @@ def salient_table(model: nn.Module, stats: ActivationStats, layer: str, x: Tenso
         raise ValueError(f"layer must be a linear of the model's blocks, one of {block_linears(model)}; got {layer!r}")
     rows = []
     for how in SELECTIONS:
-        gen = torch.Generator().manual_seed(seed)
-        qmodel, kept = copy.deepcopy(model), {}
-        for name in block_linears(model):
-            lin = qmodel.get_submodule(name)
-            keep = salient_channels(stats[name].mean_abs, lin.weight, fraction, how, gen)
-            lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
-            kept[name] = keep.numel()
+        qmodel, kept = salient_rtn_model(model, stats, how, bits=bits, group_size=group_size, fraction=fraction,
+                                         seed=seed)
         ref, q = model.get_submodule(layer), qmodel.get_submodule(layer)
         res = perplexity_on(qmodel, windows)
         rows.append(SalientRow(how, kept[layer], relative_error(q(x), ref(x)), res.perplexity, res))
     return rows
+
+
+@torch.no_grad()
+def salient_rtn_model(model: nn.Module, stats: ActivationStats, how: str, *, bits: int = 3,
+                      group_size: Optional[int] = 128, fraction: float = 0.01, seed: int = 0) -> tuple[nn.Module, dict]:
+    """A copy with every linear of the blocks rounded (``bits``, ``group_size``) but for ``fraction`` of
+    its input channels kept in float, chosen by ``how`` (``SELECTIONS``; ``stats[name].mean_abs`` for
+    "activation", one generator seeded ``seed`` for "random"); and layer name -> channels kept."""
+    gen = torch.Generator().manual_seed(seed)
+    qmodel, kept = copy.deepcopy(model), {}
+    for name in block_linears(model):
+        lin = qmodel.get_submodule(name)
+        keep = salient_channels(stats[name].mean_abs, lin.weight, fraction, how, gen)
+        lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
+        kept[name] = keep.numel()
+    return qmodel, kept
 
 
 def format_salient_table(rows: Sequence[SalientRow], layer: str, float_ppl) -> str:

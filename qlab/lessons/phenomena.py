@@ -18,7 +18,6 @@ split in ``benchmarks/bench_phenomena.py``, a fast subset in the tests):
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -85,7 +84,7 @@ class PhenomenaReport:
         return "\n".join([
             f"{self.label}: {self.windows} test windows, 95% paired bootstrap intervals",
             line("figure", "measured", "target") + "  met",
-            line(f"largest channel max|x| / median", f"{self.max_ratio:.1f} ({self.ratio_layer})", ">= 20",
+            line("largest channel max|x| / median", f"{self.max_ratio:.1f} ({self.ratio_layer})", ">= 20",
                  "outlier_ratio"),
             line("naive W8A8 per-tensor, perplexity change", change(self.w8a8), ">= 3%", "w8a8_loss_pct"),
             line("  SmoothQuant a=0.5 wins back", str(self.smoothquant), ">= 50%", "smoothquant_recovery"),
@@ -105,7 +104,7 @@ class PhenomenaReport:
             return {"recovery": r.value, "interval": [r.interval.low, r.interval.high]}
 
         f = self.float_result
-        lo, hi = f.interval().low, f.interval().high
+        lo, hi = f.interval()
         return {"label": self.label, "windows": self.windows, "max_ratio": self.max_ratio,
                 "ratio_layer": self.ratio_layer, "float_perplexity": f.perplexity, "float_interval": [lo, hi],
                 "w8a8_per_tensor": pair(self.w8a8), "smoothquant_0.5": rec(self.smoothquant),
@@ -116,26 +115,10 @@ class PhenomenaReport:
 
 
 @torch.no_grad()
-def keep_salient_rtn(model: nn.Module, stats, how: str, *, bits: int = 3, group_size: int = 128,
-                     fraction: float = SALIENT_FRACTION, seed: int = 0) -> nn.Module:
-    """A copy with every linear of the blocks rounded to int``bits`` g``group_size`` but for
-    ``fraction`` of its input channels, chosen by ``how`` (``qlab.lessons.awq_search.SELECTIONS``)."""
-    from qlab.lessons.awq_search import group_spec, keep_float_columns, salient_channels
-    from qlab.lessons.gptq_steps import block_linears
-
-    gen = torch.Generator().manual_seed(seed)
-    qmodel = copy.deepcopy(model)
-    for name in block_linears(model):
-        lin = qmodel.get_submodule(name)
-        keep = salient_channels(stats[name].mean_abs, lin.weight, fraction, how, gen)
-        lin.weight.copy_(keep_float_columns(lin.weight, group_spec(bits, group_size, lin.in_features), keep))
-    return qmodel
-
-
-@torch.no_grad()
 def measure_phenomena(model: nn.Module, calib: Tensor, windows: Tensor, label: str = "model") -> PhenomenaReport:
     """Every figure of ``TARGETS`` on ``model`` (see the module docstring); calib: (n, T) calibration windows."""
     from qlab.algorithms.smoothquant import smoothquant_quantize_model
+    from qlab.lessons.awq_search import salient_rtn_model
     from qlab.lessons.smoothing import naive_w8a8
 
     model.eval()
@@ -150,7 +133,8 @@ def measure_phenomena(model: nn.Module, calib: Tensor, windows: Tensor, label: s
     res["llm_int8"] = perplexity_on(quantize_model(model, QuantRecipe("llm_int8", threshold=6.0),
                                                    exclude=("lm_head",)), windows)
     for how in ("none", "activation", "random"):
-        res[f"rtn_{how}"] = perplexity_on(keep_salient_rtn(model, stats, how), windows)
+        qmodel, _ = salient_rtn_model(model, stats, how, bits=3, group_size=128, fraction=SALIENT_FRACTION)
+        res[f"rtn_{how}"] = perplexity_on(qmodel, windows)
     nll = {k: r.window_nll for k, r in res.items()}
     return PhenomenaReport(
         label, windows.shape[0], top.ratio, top.layer, res["float"], compare(res["float"], res["w8a8"]),
