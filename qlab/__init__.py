@@ -21,7 +21,8 @@ from qlab.calibrators import CALIBRATORS, CalibrationResult, make_calibrator
 
 # Quantized layers, the model swap, and round-to-nearest (the baseline of every algorithm).
 from qlab.layers import FP8Linear, LLMInt8Linear, QuantRecipe, W8A8Linear, WeightOnlyLinear
-from qlab.layers.swap import model_size_bytes, quantize_model
+from qlab.layers.swap import quantize_model
+from qlab.sizes import model_size_bytes, stored_bits_per_weight
 from qlab.algorithms.rtn import rtn_quantize
 
 # The shipped model, its evaluation and its data.

@@ -1,7 +1,7 @@
 """The scoreboard: every quantization method on the same model, the same data, the same yardsticks.
 
 One row per method (``run_method``): perplexity on the test split, its change against the float model,
-the model's real storage (``qlab.layers.model_size_bytes``: packed codes, scales, zero points, and the
+the model's real storage (``qlab.sizes.model_size_bytes``: packed codes, scales, zero points, and the
 float parts that stay float), the effective bits per weight of the quantized linear layers (scales
 included, as ``qlab.sizes.effective_bits_per_weight`` counts them), and the time the method took.
 The same layout as the result tables of the GPTQ, AWQ and SmoothQuant papers, plus size and time.
@@ -53,8 +53,8 @@ from qlab.capture import in_features_of, is_linear_like, name_matches
 from qlab.checks import check_int, check_seed
 from qlab.corpus import calibration_samples
 from qlab.evaluate import PerplexityResult, perplexity
-from qlab.layers.base import QuantizedLinear
-from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.sizes import model_size_bytes, stored_bits_per_weight
 from qlab.stats import Interval, paired_difference, perplexity_interval
 
 METHODS = ("float", "rtn", "gptq", "awq", "smoothquant", "w8a8", "llm_int8", "fp8", "mixed")
@@ -130,23 +130,7 @@ class ScoreRow:
 # ----------------------------------------------------------------------------- measuring
 
 
-def linear_bits_per_weight(model: nn.Module, exclude: Sequence[str] = EXCLUDE) -> float:
-    """Average stored bits per weight over the model's linear layers (quantized or float), except
-    ``exclude`` (name patterns, ``qlab.capture.name_matches``): (storage - bias) * 8 / weights, weights-weighted."""
-    bits, weights = 0, 0
-    for name, m in model.named_modules():
-        if not name or name_matches(name, exclude):
-            continue
-        if isinstance(m, QuantizedLinear):
-            bias = m.bias.numel() * m.bias.element_size() if m.bias is not None else 0
-            bits += (m.storage_bytes() - bias) * 8
-            weights += m.in_features * m.out_features
-        elif is_linear_like(m):
-            bits += m.weight.numel() * m.weight.element_size() * 8
-            weights += m.weight.numel()
-    if weights == 0:
-        raise ValueError("the model has no linear layer outside of exclude")
-    return bits / weights
+linear_bits_per_weight = stored_bits_per_weight   # the project's one convention, at home in qlab.sizes
 
 
 def _naive_w8a8(model: nn.Module, calib: torch.Tensor, act: str) -> nn.Module:
@@ -350,7 +334,7 @@ def run_method(model: nn.Module, method: str, wbits: Optional[float] = None, gro
             change_iv = paired_difference(ref_nll, nll).change_interval
     return ScoreRow(method, _scheme(method, wbits, group_size, act, alpha), wbits,
                     group_size, abits, ppl, 100 * (ppl / float_perplexity - 1), model_size_bytes(qmodel) / 1e6,
-                    linear_bits_per_weight(qmodel), seconds, mode,
+                    stored_bits_per_weight(qmodel, EXCLUDE), seconds, mode,
                     ppl_low=None if ppl_iv is None else ppl_iv.low, ppl_high=None if ppl_iv is None else ppl_iv.high,
                     change_low=None if change_iv is None else change_iv.low,
                     change_high=None if change_iv is None else change_iv.high, window_nll=nll)

@@ -17,6 +17,13 @@ blocks of 64 have one fp32 absmax each (0.5 bit/weight); these absmax values are
 ``double_quantize_scales`` implements that second level for real (bitsandbytes subtracts the mean of
 the absmax values and uses its 8-bit dynamic float map; here the 8-bit grid is symmetric int8 with an
 absmax per block of 256, which keeps the lesson, and the bit count, the same).
+
+The project's one convention for a *built* model (notebooks 0, 5, 9, 11, the scoreboard, mixed
+precision) is what its layers really store: ``stored_bits_per_weight`` counts a layer's packed codes
+plus its scales and zero points as stored (qlab keeps them in fp32: int4 g128 asymmetric is
+4 + 64 / 128 = 4.50 bits per weight), and ``model_size_bytes`` every parameter and buffer of the model
+(float embeddings, norms and head included). ``effective_bits_per_weight`` is the formula, for any
+scale format (fp16 scales: 4.25).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -91,6 +99,54 @@ def effective_bits_per_weight(spec: SpecLike, *, shape: Sequence[int] | None = N
     else:
         scale_cost = scale_bits
     return bits + (scale_cost + zbits) / per_scale
+
+
+def stored_weight_bits(layer: nn.Module) -> int:
+    """Bits a linear layer stores for its weight: a qlab quantized layer's storage (packed codes, scales,
+    zero points, as stored) less its float bias; a float linear's weight tensor."""
+    from qlab.capture import is_linear_like
+    from qlab.layers.base import QuantizedLinear
+
+    if isinstance(layer, QuantizedLinear):
+        bias = layer.bias.numel() * layer.bias.element_size() if layer.bias is not None else 0
+        return (layer.storage_bytes() - bias) * 8
+    if is_linear_like(layer):
+        return layer.weight.numel() * layer.weight.element_size() * 8
+    raise TypeError(f"layer must be a linear layer (float or qlab quantized), got {type(layer).__name__}")
+
+
+def stored_bits_per_weight(model: nn.Module, exclude: Sequence[str] = ("lm_head",)) -> float:
+    """The project's bits per weight of a built model: ``stored_weight_bits`` summed over its linear layers
+    (quantized or float) except ``exclude`` (name patterns, ``qlab.capture.name_matches``), over their weights."""
+    from qlab.capture import is_linear_like, name_matches
+    from qlab.layers.base import QuantizedLinear
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    bits = weights = 0
+    for name, m in model.named_modules():
+        if not name or name_matches(name, exclude) or not (isinstance(m, QuantizedLinear) or is_linear_like(m)):
+            continue
+        bits += stored_weight_bits(m)
+        weights += m.in_features * m.out_features if isinstance(m, QuantizedLinear) else m.weight.numel()
+    if weights == 0:
+        raise ValueError("the model has no linear layer outside of exclude")
+    return bits / weights
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``model`` as stored, each storage counted once (tied weights once)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    seen: set[tuple[torch.device, int]] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.device, t.data_ptr())
+        if t.numel() == 0 or key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
 
 
 def model_bytes(shapes: Sequence[Sequence[int]], spec: QuantSpec, *, scale_bits: int = 16,

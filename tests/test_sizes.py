@@ -89,3 +89,57 @@ def test_double_quantize_keeps_shape():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- the one convention for built models
+
+
+def _two_layer_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(), torch.nn.Linear(64, 128, bias=False))
+
+
+def test_stored_bits_per_weight_counts_codes_and_fp32_scale_and_zero():
+    from qlab.layers.swap import QuantRecipe, quantize_model
+    from qlab.sizes import model_size_bytes, stored_bits_per_weight
+
+    model = _two_layer_model()
+    assert stored_bits_per_weight(model, exclude=()) == 32.0          # float weights, bias left out
+    q = quantize_model(model, QuantRecipe("weight_only", bits=4, group_size=64), exclude=())
+    # by hand: 4-bit codes packed, one fp32 scale and one fp32 zero point per group of 64 inputs
+    assert stored_bits_per_weight(q, exclude=()) == pytest.approx(4 + 64 / 64)
+    q128 = quantize_model(torch.nn.Sequential(torch.nn.Linear(256, 64)), QuantRecipe("weight_only", bits=4, group_size=128),
+                          exclude=())
+    assert stored_bits_per_weight(q128, exclude=()) == pytest.approx(4.5)    # the figure notebooks 0, 5, 9, 11 print
+    # the formula agrees with the built layers once told the scales are fp32
+    assert effective_bits_per_weight((4, 128), scale_bits=32, zero_bits=32) == pytest.approx(4.5)
+    # only the second layer: exclude by name
+    assert stored_bits_per_weight(q, exclude=("0",)) == pytest.approx(5.0)
+    # model size: every parameter and buffer once, bias included
+    weights_bytes = (256 * 64 + 64 * 128) * 5 / 8
+    assert model_size_bytes(q) == pytest.approx(weights_bytes + 64 * 4, abs=64)
+
+
+def test_scoreboard_and_mixed_precision_use_the_same_count():
+    from qlab.algorithms.mixed_precision import _weight_bits
+    from qlab.layers.swap import QuantRecipe, quantize_model
+    from qlab.scoreboard import linear_bits_per_weight
+    from qlab.sizes import stored_bits_per_weight, stored_weight_bits
+
+    q = quantize_model(_two_layer_model(), QuantRecipe("weight_only", bits=3, group_size=64), exclude=())
+    assert linear_bits_per_weight(q, ()) == stored_bits_per_weight(q, ())
+    layer = q[0]
+    assert _weight_bits(layer, 256 * 64) == stored_weight_bits(layer) / (256 * 64)
+
+
+def test_stored_bits_bad_input():
+    from qlab.sizes import model_size_bytes, stored_bits_per_weight, stored_weight_bits
+
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        stored_bits_per_weight("model")
+    with pytest.raises(ValueError, match="no linear layer outside of exclude"):
+        stored_bits_per_weight(torch.nn.Sequential(torch.nn.Linear(4, 4)), exclude=("*",))
+    with pytest.raises(TypeError, match="layer must be a linear layer"):
+        stored_weight_bits(torch.nn.ReLU())
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        model_size_bytes(3)

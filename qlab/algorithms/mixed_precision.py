@@ -52,6 +52,7 @@ from qlab.corpus import load_corpus
 from qlab.evaluate import FAST_WINDOWS, eval_windows, perplexity, perplexity_on
 from qlab.layers.base import QuantizedLinear
 from qlab.layers.swap import QuantRecipe, quantize_model
+from qlab.sizes import stored_weight_bits
 
 Candidate = Union[int, QuantRecipe]
 
@@ -178,8 +179,7 @@ def _weight_bits(layer: nn.Module, n_weights: int) -> float:
     """Effective bits per weight of a built quantized layer: its storage minus the (float) bias."""
     if not isinstance(layer, QuantizedLinear):
         raise TypeError(f"a candidate recipe built {type(layer).__name__}, not a qlab quantized layer")
-    bias = layer.bias.numel() * layer.bias.element_size() if layer.bias is not None else 0
-    return (layer.storage_bytes() - bias) * 8 / n_weights
+    return stored_weight_bits(layer) / n_weights
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ from qlab.layers.fp8 import FP8_FORMATS, WEIGHT_GRANULARITIES, FP8Linear
 from qlab.layers.llm_int8 import DEFAULT_THRESHOLD, LLMInt8Linear
 from qlab.layers.w8a8 import W8A8Linear
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
+from qlab.sizes import model_size_bytes  # noqa: F401  (re-exported: its home is qlab.sizes)
 from qlab.spec import QuantSpec
 
 KINDS = ("weight_only", "w8a8", "fp8", "llm_int8")
@@ -219,18 +220,3 @@ def quantize_model(model: nn.Module, recipe: Plan, *, include: Union[str, Sequen
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name), child, new)
     return target
-
-
-def model_size_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer of ``model``, each storage counted once (tied weights once)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    seen: set[tuple[torch.device, int]] = set()
-    total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.device, t.data_ptr())
-        if t.numel() == 0 or key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total

@@ -36,8 +36,9 @@ from qlab.calibrators import CalibrationResult, MinMax
 from qlab.capture import capture_activations
 from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
-from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
+from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear
+from qlab.sizes import model_size_bytes, stored_bits_per_weight
 from qlab.spec import QuantSpec
 from qlab.stats import change_cell, perplexity_cell
 
@@ -141,14 +142,6 @@ def dequantized_model(qmodel: nn.Module) -> nn.Module:
     return qmodel
 
 
-def _stored_bits_per_weight(qmodel: nn.Module) -> float:
-    """What the quantized layers store (packed codes + their scales and zero points as stored, fp32 here),
-    averaged over their weights: the one convention of the project (``qlab.scoreboard``, notebooks 5-11)."""
-    layers = [m for m in qmodel.modules() if isinstance(m, WeightOnlyLinear)]
-    bias = sum(m.bias.numel() * m.bias.element_size() for m in layers if m.bias is not None)
-    return 8 * (sum(m.storage_bytes() for m in layers) - bias) / sum(m.out_features * m.in_features for m in layers)
-
-
 @dataclass(frozen=True)
 class RTNView:
     """One slider position: the model quantized with RTN at ``bits`` / ``group_size``."""
@@ -171,7 +164,7 @@ def rtn_view(model: nn.Module, bits: int, group_size: Optional[int], windows: Te
     """Quantize every linear of the blocks with RTN (``quantize_model``), then perplexity and a sample."""
     spec = rtn_spec(bits, group_size)
     qmodel = quantize_model(model, QuantRecipe("weight_only", spec=spec))
-    size, bpw = model_size_bytes(qmodel), _stored_bits_per_weight(qmodel)
+    size, bpw = model_size_bytes(qmodel), stored_bits_per_weight(qmodel)
     fast = dequantized_model(qmodel)
     sample = generate(fast, prompt, n_tokens) if n_tokens else ""
     return RTNView(bits, group_size, bpw, size, perplexity_on(fast, windows).perplexity, sample)
@@ -218,7 +211,7 @@ def plot_rtn(view: RTNView, sweep: RTNSweep) -> plt.Figure:
             ax.annotate(str(b), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axhline(sweep.float_perplexity, color="k", ls="--", lw=1, label="float")
     ax.plot(view.bits_per_weight, view.perplexity, "r*", ms=14, label="slider")
-    ax.set(xlabel="bits per weight (codes + fp16 scale and zero)", ylabel="perplexity (fast)",
+    ax.set(xlabel="bits per weight as stored (codes + fp32 scale and zero)", ylabel="perplexity (fast)",
            title=f"RTN: int{view.bits}, {'per-channel' if view.group_size is None else f'group {view.group_size}'}")
     ax.legend(fontsize=8, loc="upper right")
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)  # tight_layout is slow for a slider
