@@ -15,7 +15,9 @@ from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
+from qlab.plotting import FIGURE_WIDTH, renderer_of, size_axis
 from qlab.scoreboard import (ScoreRow, _change_cell, _has_change_interval, _has_ppl_interval, _ppl_cell,
                              short_label)
 from qlab.stats import PairedDifference, paired_difference
@@ -155,59 +157,113 @@ def _paired_front(rows: Sequence[ScoreRow]) -> list[ScoreRow]:
 # ----------------------------------------------------------------------------- plots
 
 
-def label_offsets(ax, xs: Sequence[float], ys: Sequence[float], *, fontsize: float = 7, dy: float = 3,
-                  x_tol: float = 0.01) -> list[float]:
-    """Vertical offsets (points above each point) for point labels, so that the labels of points at the
-    same size (within ``x_tol`` of the x range: the W8A8 rows, the methods of one bit width) stack instead
-    of overlapping; pass them as ``xytext=(4, offset), textcoords="offset points"`` to ``ax.annotate``.
+def place_point_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *,
+                       fontsize: float = 7, merge_px: float = 7.0, obstacles: Sequence = ()) -> list:
+    """Label every point so that no two labels overlap and every label stays inside the axes.
 
-    In each such column, lowest point first, a label sits ``dy`` above its point or just above the label
-    below it, whichever is higher. Label heights come from the axes' current size and limits (call it
-    after the points are drawn), no text is measured: it costs nothing on a slider. Labels of different
-    columns may still touch where a long label reaches the next column.
+    Points whose markers overlap on screen (within ``merge_px`` pixels in x and y: the W8A8 rows of one
+    size, say) share one label, their names stacked top to bottom in perplexity order. Each label, the
+    tallest first, takes the first free place of a fixed list: right of its point, left, above and
+    below, ever further out; a free place is inside the axes and clear of every label already placed,
+    of every point's marker and of ``obstacles`` (display-space ``Bbox``es: the legend). A label moved
+    away from its point gets a thin leader line. Text sizes are measured with the figure's renderer
+    (call it after the limits are final: points, axis scales and the legend drawn); ~1 ms a label.
+    Returns the labels' ``Annotation``s.
     """
+    if not (len(xs) == len(ys) == len(labels)):
+        raise ValueError(f"xs, ys and labels must have one entry per point, got {len(xs)}, {len(ys)}, {len(labels)}")
     if not len(xs):
         return []
     fig = ax.get_figure()
-    height_pt = ax.get_position().height * fig.get_figheight() * 72
-    y0, y1 = ax.get_ylim()
-    sy = height_pt / ((y1 - y0) or 1)                                   # points per perplexity unit
-    tol = x_tol * ((max(xs) - min(xs)) or 1)
-    offsets = [float(dy)] * len(xs)
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    k = 0
-    while k < len(order):
-        j = k + 1
-        while j < len(order) and xs[order[j]] - xs[order[j - 1]] <= tol:
-            j += 1
-        top = -math.inf                                                  # the last label's top, in points
-        for i in sorted(order[k:j], key=lambda i: ys[i]):
-            bottom = max(ys[i] * sy + dy, top)
-            offsets[i], top = bottom - ys[i] * sy, bottom + 1.25 * fontsize
-        k = j
-    return offsets
+    renderer = renderer_of(fig)
+    ax.set_xlim(ax.get_xlim())                   # freeze: the labels are placed for these limits
+    ax.set_ylim(ax.get_ylim())
+    pts = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    root = list(range(len(xs)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for i in range(len(xs)):
+        for j in range(i + 1, len(xs)):
+            if abs(pts[i, 0] - pts[j, 0]) <= merge_px and abs(pts[i, 1] - pts[j, 1]) <= merge_px:
+                root[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(xs)):
+        groups.setdefault(find(i), []).append(i)
+    box = ax.get_window_extent(renderer)
+    marker = 3.5 * fig.dpi / 72                                      # a marker's half width, px
+    taken = [Bbox.from_bounds(x - marker, y - marker, 2 * marker, 2 * marker) for x, y in pts] + list(obstacles)
+    to_pt = 72 / fig.dpi
+    artists, pending = [], []
+    for members in groups.values():
+        members.sort(key=lambda i: -ys[i])
+        text = "\n".join(labels[i] for i in members)
+        cx, cy = pts[members].mean(axis=0)
+        anchor = ax.transData.inverted().transform((cx, cy))
+        probe = ax.text(0, 0, text, fontsize=fontsize, linespacing=1.05)
+        ext = probe.get_window_extent(renderer)
+        probe.remove()
+        pending.append((text, anchor, cx, cy, ext.width, ext.height))
+    for text, anchor, cx, cy, w, h in sorted(pending, key=lambda p: (-p[5], p[2])):
+        chosen = None
+        for d in (4, 10, 18, 28, 40, 55, 75, 100, 130, 170, 220):
+            for k, (x0, y0) in enumerate(((cx + d, cy - h / 2), (cx - d - w, cy - h / 2), (cx + 2, cy + d),
+                                          (cx + 2, cy - d - h), (cx - 2 - w, cy + d), (cx - 2 - w, cy - d - h),
+                                          (cx + d, cy + d), (cx + d, cy - d - h))):
+                cand = Bbox.from_bounds(x0, y0, w, h)
+                if (cand.x0 >= box.x0 + 1 and cand.x1 <= box.x1 - 1 and cand.y0 >= box.y0 + 1 and cand.y1 <= box.y1 - 1
+                        and not any(cand.overlaps(o) for o in taken)):
+                    chosen = (d > 4 or k > 1, cand)       # beside the point (right or left, close): no leader
+                    break
+            if chosen:
+                break
+        far, cand = chosen or (False, Bbox.from_bounds(cx + 4, cy - h / 2, w, h))   # nowhere free: beside it
+        leader = dict(arrowstyle="-", lw=0.5, color="0.45", shrinkA=0, shrinkB=3) if far else None
+        artists.append(ax.annotate(text, anchor, xytext=((cand.x0 - cx) * to_pt, (cand.y0 - cy) * to_pt),
+                                   textcoords="offset points", fontsize=fontsize, ha="left", va="bottom",
+                                   linespacing=1.05, arrowprops=leader))
+        taken.append(cand)
+    return artists
 
 
-def plot_pareto(rows: Sequence[ScoreRow], title: Optional[str] = None) -> Figure:
-    """Size (MB) against perplexity, one labelled point per row, the Pareto front as a step line; the 95%
-    interval of each perplexity as a vertical bar where the rows carry it."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.add_subplot()
+def draw_rows(ax, rows: Sequence[ScoreRow]) -> None:
+    """Size (MB, log axis) against perplexity: one point per row (red on the Pareto front), the 95% interval
+    of each perplexity as a vertical bar where the rows carry it, the front as a step line. The point
+    labels come last (``label_rows``), once everything else is drawn."""
     front = pareto_front(rows)
     on_front = {id(r) for r in front}
     bars = [r for r in rows if _has_ppl_interval(r)]
     if bars:
         ax.vlines([r.size_mb for r in bars], [r.ppl_low for r in bars], [r.ppl_high for r in bars],
-                  color="0.5", lw=1, zorder=2, label="95% interval")
-    xs, ys, labels = [r.size_mb for r in rows], [r.perplexity for r in rows], [short_label(r) for r in rows]
-    ax.scatter(xs, ys, color=["C3" if id(r) in on_front else "C0" for r in rows], zorder=3)
-    for x, y, label, dy in zip(xs, ys, labels, label_offsets(ax, xs, ys)):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, dy), fontsize=7)
-    ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="C3",
+                  color="0.55", lw=1, zorder=2, label="95% interval")
+    ax.scatter([r.size_mb for r in rows], [r.perplexity for r in rows], zorder=3, s=22,
+               color=["tab:red" if id(r) in on_front else "tab:blue" for r in rows])
+    ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="tab:red", lw=1,
             label="Pareto front")
-    ax.set_xlabel("model size (MB, as stored)")
+    size_axis(ax, [r.size_mb for r in rows])
+    ax.set_xlabel("model size (MB as stored, log scale)")
     ax.set_ylabel(f"test perplexity ({rows[0].eval_mode})")
-    ax.set_title(title or "Quantization methods: size vs perplexity")
     ax.grid(alpha=0.3)
-    ax.legend()
+
+
+def label_rows(ax, rows: Sequence[ScoreRow], legend_loc: str = "upper right") -> list:
+    """The legend (at a fixed place: "best" is slow to find on a slider), then one label per row, placed by
+    ``place_point_labels`` clear of each other, of the points and of the legend."""
+    legend = ax.legend(fontsize=8, loc=legend_loc)
+    clear = [legend.get_window_extent(renderer_of(ax.get_figure()))]
+    return place_point_labels(ax, [r.size_mb for r in rows], [r.perplexity for r in rows],
+                              [short_label(r) for r in rows], obstacles=clear)
+
+
+def plot_pareto(rows: Sequence[ScoreRow], title: Optional[str] = None) -> Figure:
+    """``draw_rows`` and ``label_rows`` on a figure of its own (no pyplot: the CLI and the README use it)."""
+    fig = Figure(figsize=(FIGURE_WIDTH, 5))
+    fig.subplots_adjust(left=0.085, right=0.98, bottom=0.1, top=0.93)
+    ax = fig.add_subplot()
+    draw_rows(ax, rows)
+    ax.set_title(title or "Quantization methods: size vs perplexity")
+    label_rows(ax, rows)
     return fig

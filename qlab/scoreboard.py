@@ -517,6 +517,15 @@ def load_json(path: str | Path) -> list[ScoreRow]:
 
 
 # Tables, paired comparisons, the Pareto front and its plot live in qlab.ranking (they read rows; this
-# module makes them). Re-exported so that ``qlab.scoreboard.pareto_front`` etc. keep working.
-from qlab.ranking import (CHANGE_HEADER, COLUMNS, PPL_HEADER, TEXT_COLUMNS, compare_scores,  # noqa: E402,F401
-                          label_offsets, pareto_front, plot_pareto, scoreboard)
+# module makes them). Re-exported lazily (ranking imports this module) so that ``qlab.scoreboard.pareto_front``
+# etc. keep working.
+_RANKING = ("CHANGE_HEADER", "COLUMNS", "PPL_HEADER", "TEXT_COLUMNS", "compare_scores", "pareto_front",
+            "place_point_labels", "plot_pareto", "scoreboard")
+
+
+def __getattr__(name: str):
+    if name in _RANKING:
+        import qlab.ranking
+
+        return getattr(qlab.ranking, name)
+    raise AttributeError(f"module 'qlab.scoreboard' has no attribute {name!r}")

@@ -14,3 +14,25 @@ def load_tool(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def assert_point_labels_readable(fig, names) -> list[str]:
+    """The test of a labelled scatter (the capstone's, the scoreboard's): every name labels exactly one
+    point, no two label boxes overlap, each lies inside its axes, and no text of the figure reaches
+    outside it (``qlab.plotting.figure_problems``). Returns the label texts."""
+    from qlab.plotting import figure_problems, renderer_of
+
+    assert figure_problems(fig) == []
+    (ax,) = [a for a in fig.axes if a.texts]
+    renderer = renderer_of(fig)
+    texts = [t.get_text() for t in ax.texts]
+    assert sorted(line for text in texts for line in text.split("\n")) == sorted(names)
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]     # the text alone, not its leader line
+    frame = ax.get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1, texts[i]
+        for j in range(i + 1, len(boxes)):
+            assert not a.overlaps(boxes[j]), (texts[i], texts[j])
+    return texts

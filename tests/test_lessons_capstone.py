@@ -18,6 +18,7 @@ from qlab.lessons.capstone import (compare_rows, find_scoreboards, load_scoreboa
                                    plot_pick)
 from qlab.scoreboard import ScoreRow, pareto_front, save_json, short_label
 from qlab.stats import paired_difference, perplexity_interval
+from tests._tools import assert_point_labels_readable
 
 FLOAT_PPL = 3.0
 
@@ -204,7 +205,7 @@ def test_plot_pick():
     assert not [c for c in ax.collections if isinstance(c, LineCollection)]      # no intervals: no bars
 
 
-def test_plot_pick_draws_the_intervals_and_stacks_labels_of_one_size():
+def test_plot_pick_draws_the_intervals_and_labels_of_one_size_together():
     rows = measured_table(3)
     rows += [with_windows(row("gptq", 8, None, 5.0, FLOAT_PPL), 0.001, seed=7 + i) for i in range(3)]
     fig = plot_pick(rows, pick_recipe(rows, 6.0, 10.0))
@@ -212,8 +213,13 @@ def test_plot_pick_draws_the_intervals_and_stacks_labels_of_one_size():
     (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
     assert sorted((s[0][0], s[0][1], s[1][1]) for s in bars.get_segments()) == \
         sorted((r.size_mb, r.ppl_low, r.ppl_high) for r in rows)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    same = [t.get_window_extent(renderer) for t in ax.texts if t.xy[0] == 5.0]    # three rows at 5.0 MB
-    assert len(same) == 3
-    assert not any(a.overlaps(b) for i, a in enumerate(same) for b in same[i + 1:])
+    assert_point_labels_readable(fig, [short_label(r) for r in rows])
+
+
+@pytest.mark.parametrize("budget, limit", [(None, None), (3.0, 5.0), (2.0, None), (4.1, 1.0), (14.0, 0.5)])
+def test_the_capstone_figure_of_the_committed_scoreboard_is_readable(budget, limit):
+    """The figure notebook 11 draws, at several slider positions: no two point labels overlap, each inside
+    the axes, every axis label and title inside the figure, and the figure fits a default JupyterLab."""
+    rows = main_scoreboard().rows
+    fig = plot_pick(rows, None if budget is None else pick_recipe(rows, budget, limit))
+    assert_point_labels_readable(fig, [short_label(r) for r in rows])

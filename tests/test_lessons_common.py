@@ -160,3 +160,28 @@ def test_printed_numbers_do_not_depend_on_the_machines_thread_count():
         assert run.returncode == 0, run.stderr
         outs.append(run.stdout.strip())
     assert outs[0] == outs[1] and float(outs[0]) > 1
+
+
+# ----------------------------------------------------------------------------- figures fit a default layout
+def test_every_committed_figure_fits_a_default_jupyterlab_output():
+    """Every image the committed notebooks show is at most ``OUTPUT_WIDTH_PX`` wide, so a default JupyterLab
+    (file browser open) draws it at 100%, text at its size, instead of shrinking it."""
+    import base64
+    import json
+    import struct
+
+    from qlab.plotting import OUTPUT_WIDTH_PX
+
+    notebooks = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 12
+    seen, wide = 0, []
+    for nb in notebooks:
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            for out in cell.get("outputs", []):
+                png = out.get("data", {}).get("image/png")
+                if png:
+                    seen += 1
+                    width = struct.unpack(">I", base64.b64decode(png)[16:20])[0]    # the PNG header's IHDR width
+                    if width > OUTPUT_WIDTH_PX:
+                        wide.append(f"{nb.name} cell {i}: {width} px")
+    assert seen >= 20 and not wide, wide

@@ -414,9 +414,10 @@ def test_the_new_fields_round_trip_and_older_files_still_load(tmp_path, float_ro
         sb.load_json(path)
 
 
-def test_plots_draw_error_bars_and_stack_the_labels_of_one_size():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def test_plots_draw_error_bars_and_labels_that_never_overlap():
     from matplotlib.collections import LineCollection
+
+    from tests._tools import assert_point_labels_readable
 
     rows = standard_rows()
     fig = sb.plot_pareto(rows)
@@ -424,17 +425,10 @@ def test_plots_draw_error_bars_and_stack_the_labels_of_one_size():
     (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
     assert sorted((s[0][0], s[0][1], s[1][1]) for s in bars.get_segments()) == \
         sorted((r.size_mb, r.ppl_low, r.ppl_high) for r in rows)
-    FigureCanvasAgg(fig).draw()
-    renderer = fig.canvas.get_renderer()
-    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
-    assert set(boxes) == {sb.short_label(r) for r in rows}
-    w8 = [sb.short_label(r) for r in rows if r.size_mb in (4.024, 4.061)]    # 9 rows at about one size
-    assert len(w8) == 9
-    for i, a in enumerate(w8):
-        for b in w8[i + 1:]:
-            assert not boxes[a].overlaps(boxes[b]), (a, b)
-    far = {t.get_text(): t.xyann for t in ax.texts}
-    assert far["rtn w2 g128"] == (4, 3) and far["float"] == (4, 3)           # alone at its place: not moved
+    labels = assert_point_labels_readable(fig, [sb.short_label(r) for r in rows])
+    w8 = [sb.short_label(r) for r in rows if r.size_mb in (4.024, 4.061)]    # 9 rows at about one size: one label
+    assert len(w8) == 9 and any(all(name in text.split("\n") for name in w8) for text in labels)
+    assert ax.get_xscale() == "log"
 
 
 def test_a_file_that_is_not_a_scoreboard_names_itself_and_what_it_lacks(tmp_path, float_row):

@@ -28,7 +28,9 @@ from typing import Optional
 
 import matplotlib.pyplot as plt
 
-from qlab.scoreboard import ScoreRow, compare_scores, label_offsets, load_json, pareto_front, short_label
+from qlab.plotting import FIGURE_WIDTH
+from qlab.ranking import draw_rows, label_rows
+from qlab.scoreboard import ScoreRow, compare_scores, load_json, pareto_front, short_label
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
 PATTERN = "scoreboard-*.json"
@@ -159,18 +161,9 @@ def pick_recipe(rows: Sequence[ScoreRow], size_budget_mb: float, max_change_pct:
 def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title: str = "") -> plt.Figure:
     """Size vs perplexity, one labelled point per method (95% interval as a vertical bar where the rows
     carry it), the Pareto front; the budget and the pick if given."""
-    fig, ax = plt.subplots(figsize=(9, 5.2))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)  # tight_layout is slow for a slider
-    front = pareto_front(rows)
-    on_front = {id(r) for r in front}
-    xs, ys = [r.size_mb for r in rows], [r.perplexity for r in rows]
-    bars = [r for r in rows if r.ppl_low is not None and r.ppl_high is not None]
-    if bars:
-        ax.vlines([r.size_mb for r in bars], [r.ppl_low for r in bars], [r.ppl_high for r in bars], color="0.55",
-                  lw=1, zorder=2, label="95% interval")
-    ax.scatter(xs, ys, zorder=3, s=22, color=["tab:red" if id(r) in on_front else "tab:blue" for r in rows])
-    ax.step([r.size_mb for r in front], [r.perplexity for r in front], where="post", color="tab:red", lw=1,
-            label="Pareto front")
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 5.2))
+    fig.subplots_adjust(left=0.085, right=0.98, bottom=0.1, top=0.93)  # tight_layout is slow for a slider
+    draw_rows(ax, rows)
     if pick is not None:
         ax.axvspan(ax.get_xlim()[0], pick.size_budget_mb, color="tab:green", alpha=0.08, label="within the size budget")
         if pick.max_change_pct is not None:
@@ -179,12 +172,8 @@ def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title
         if pick.best is not None:
             ax.scatter(pick.best.size_mb, pick.best.perplexity, s=260, facecolors="none", edgecolors="tab:green",
                        lw=2, zorder=4, label=f"pick: {short_label(pick.best)}")
-    for r, dy in zip(rows, label_offsets(ax, xs, ys)):   # last: the limits are final
-        ax.annotate(short_label(r), (r.size_mb, r.perplexity), textcoords="offset points", xytext=(4, dy), fontsize=7)
-    ax.set(xlabel="model size (MB, as stored)", ylabel=f"test perplexity ({rows[0].eval_mode})",
-           title=title or "Every method: size vs perplexity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")    # fixed places: "best" is slow to find on a slider
+    ax.set_title(title or "Every method: size vs perplexity")
+    label_rows(ax, rows)
     return fig
 
 
