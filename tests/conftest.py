@@ -47,3 +47,44 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the markers used in tests/ (so ``-m "not browser"`` works and no warning is raised)."""
     config.addinivalue_line("markers", "browser: drives a real JupyterLab in headless Chromium "
                                        "(tests/test_browser.py; skipped without playwright or /usr/bin/chromium)")
+
+
+@pytest.fixture(autouse=True)
+def lesson_figures_are_readable(request, monkeypatch):
+    """Every figure a lesson test draws with pyplot (``qlab.lessons``' plot functions: the notebooks'
+    figures) must fit a default JupyterLab output and keep every text inside it
+    (``qlab.plotting.figure_problems``): checked when the test closes it, or after the test."""
+    if not request.module.__name__.rpartition(".")[2].startswith("test_lessons_"):
+        yield
+        return
+    import matplotlib.pyplot as plt
+
+    from qlab.plotting import figure_problems
+
+    before, checked, problems = set(plt.get_fignums()), set(), []
+
+    def check(fig) -> None:
+        if fig.number in before or fig.number in checked:
+            return
+        checked.add(fig.number)
+        title = fig.axes[0].get_title() if fig.axes else ""
+        problems.extend(f"figure {title!r}: {p}" for p in figure_problems(fig))
+
+    close = plt.close
+
+    def checked_close(fig=None):
+        targets = ([plt.figure(n) for n in plt.get_fignums()] if fig == "all" else
+                   [fig] if isinstance(fig, matplotlib.figure.Figure) else
+                   [plt.gcf()] if fig is None and plt.get_fignums() else [])
+        for f in targets:
+            check(f)
+        return close(fig)
+
+    import matplotlib.figure
+
+    monkeypatch.setattr(plt, "close", checked_close)
+    yield
+    for num in sorted(set(plt.get_fignums()) - before):
+        check(plt.figure(num))
+        close(num)
+    assert not problems, "\n".join(dict.fromkeys(problems))

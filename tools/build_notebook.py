@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 from nbconvert.preprocessors import ExecutePreprocessor
 
+from qlab.course.edition import mark_cells
+
 
 class Executor(ExecutePreprocessor):
     """nbclient waits for a widget's comm to close after an ``interact`` cell (jupyter/nbclient#312):
@@ -48,6 +50,7 @@ def build(src: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = parse(src.read_text())
+    mark_cells(nb, src.stem[:2])     # nbgrader's metadata on the exercises' cells (qlab.course.edition)
     out = src.parent.parent / (src.stem + ".ipynb")
     Executor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(out.parent)}})
     nbformat.write(nb, out)

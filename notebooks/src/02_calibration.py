@@ -75,6 +75,28 @@ plt.show()
 # the MSE optimum (compare their SQNR). MovingAverageMinMax follows the *typical* batch maximum rather
 # than the largest one: with only 4 batches and $c = 0.01$ it stays close to the first batch's range.
 #
+# The KL panel is jagged and has gaps, both from the algorithm rather than the data. Candidate $i$
+# merges its first $i$ bins into 128 levels; unless $i$ is a multiple of 128, some levels get one bin
+# more than others, so the KL rises and falls with $i$ (TensorRT's calibrator draws the same sawtooth).
+# And where the last kept bin is empty while values lie above it, the clipped mass lands where $Q$ has
+# none: the KL is infinite there and nothing is drawn. Counted, with the two thresholds compared:
+
+# %%
+thresholds, kl = view.results["entropy"].curve
+finite = torch.isfinite(kl)
+turns = int((torch.diff(torch.sign(torch.diff(kl[finite]))) != 0).sum())
+print(f"{kl.numel()} candidate thresholds, {int((~finite).sum())} with an infinite KL (the gaps, all above "
+      f"t = {float(thresholds[~finite].min()):.2f}); the finite curve changes direction {turns} times")
+amax = {name: float(r.amax) for name, r in view.results.items()}
+print(f"entropy clips at {amax['entropy']:.2f} ({view.sqnr_db['entropy']:.1f} dB), MSE at {amax['mse']:.2f} "
+      f"({view.sqnr_db['mse']:.1f} dB)")
+assert (~finite).any() and turns > 100                           # the prose above, checked
+assert amax["entropy"] < amax["mse"] and view.sqnr_db["entropy"] < view.sqnr_db["mse"]
+first = float(x[:2 * 256].abs().max())                            # the first batch's range
+print(f"moving average {amax['moving_average']:.2f}: first batch {first:.2f}, largest of all {amax['minmax']:.2f}")
+assert abs(amax["moving_average"] - first) < abs(amax["moving_average"] - amax["minmax"])
+
+# %% [markdown]
 # ## Try it: the percentile
 # The percentile calibrator's only knob. The figure and the table follow; `p = 100` is MinMax
 # (up to one histogram bin).

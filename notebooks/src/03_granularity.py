@@ -45,7 +45,13 @@ w = model.blocks[0].mlp.fc.weight.detach()  # (1024, 256): out x in
 # groups of 64 inputs follow the columns too.
 
 # %%
-print(format_granularity_table(compare_granularities(w, weight_granularities(64), bits=4)))
+rows = compare_granularities(w, weight_granularities(64), bits=4)
+print(format_granularity_table(rows))
+
+# %%
+# the prose above, checked: each finer granularity lowers the error, for 16 / B bits more
+assert rows[0].mse > rows[1].mse > rows[2].mse, [(r.name, r.mse) for r in rows]
+assert all(abs(r.bits_per_element - (4 + 16 * r.num_scales / w.numel())) < 1e-9 for r in rows)   # b + 16 / B
 
 # %% [markdown]
 # Where the error lands: one row per granularity, one column per output channel (log scale, shared
@@ -56,6 +62,16 @@ print(format_granularity_table(compare_granularities(w, weight_granularities(64)
 errors = channel_errors(w, weight_granularities(64), bits=4, axis=0)
 plot_channel_errors(errors, "int4 weight: log10 MSE per output channel")
 plt.show()
+
+# %%
+# the prose above, checked: per-tensor rows all near s^2/12; per-channel rows near their own (max|row| / 7)^2 / 12
+tensor_err, channel_err = errors.errors[0], errors.errors[1]
+own = (w.abs().amax(dim=1).double() / 7) ** 2 / 12
+step = float(w.abs().max()) / 7
+assert (tensor_err / (step ** 2 / 12)).sub(1).abs().max() < 0.4, (float(tensor_err.min()), float(tensor_err.max()))
+ratio = channel_err / own
+assert ratio.sub(1).abs().max() < 0.4, (float(ratio.min()), float(ratio.max()))
+assert channel_err.max() / channel_err.min() > 5 * tensor_err.max() / tensor_err.min()
 
 # %% [markdown]
 # ## An activation with outlier channels
@@ -70,7 +86,8 @@ with capture_activations(model) as stats:
 layer = max(outlier_report(stats), key=lambda r: r.ratio).layer
 x = layer_input(model, layer, tokens)  # (1024 tokens, in_features)
 print(layer, tuple(x.shape))
-print(format_granularity_table(compare_granularities(x, activation_granularities(64), bits=8)))
+act_rows = {r.name: r for r in compare_granularities(x, activation_granularities(64), bits=8)}
+print(format_granularity_table(list(act_rows.values())))
 
 # %% [markdown]
 # Per-token scales cannot isolate a channel that is large in every token: the outlier sets the step
@@ -82,6 +99,12 @@ errors = channel_errors(x, activation_granularities(64), bits=8, axis=1)
 plot_channel_errors(errors, f"int8 input of {layer}: log10 MSE per input channel")
 plt.show()
 
+# %%
+# the prose above, checked: per-token scales help less than per-channel ones, overall and channel by channel
+token_err, channel_err = (errors.errors[errors.names.index(name)] for name in ("per-token", "per-channel"))
+assert act_rows["per-channel"].mse < act_rows["per-token"].mse < act_rows["per-tensor"].mse, act_rows
+assert token_err.median() > 2 * channel_err.median(), (float(token_err.median()), float(channel_err.median()))
+
 # %% [markdown]
 # ## Try it: group size against cost
 # Smaller groups track the data more closely and cost more scale bits. Each line is one bit width
@@ -92,6 +115,13 @@ plt.show()
 # %%
 sweeps = [group_size_sweep(w, bits) for bits in range(2, 9)]
 print(format_group_sweeps(sweeps))
+
+# %%
+# the prose above, checked: b + 32 / G bits per element (4.25 for int4, G = 128); smaller groups, more SQNR
+for sw in sweeps:
+    assert all(abs(e - (sw.bits + 32 / g)) < 1e-9 for e, g in zip(sw.bits_per_element, sw.group_sizes)), sw
+    assert list(sw.sqnr_db) == sorted(sw.sqnr_db, reverse=True) and len(set(sw.sqnr_db)) == len(sw.sqnr_db), sw
+assert abs(sweeps[2].bits_per_element[sweeps[2].group_sizes.index(128)] - 4.25) < 1e-9
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -107,3 +137,14 @@ def show(bits, group_size):
 # they could have bought. That trade-off is why GPTQ and AWQ ship int4 with G = 128 and QLoRA's NF4
 # uses G = 64 with its scales quantized again (`qlab.sizes`). Notebook 4 changes the last knob: the
 # shape of the grid itself.
+
+# %%
+# the prose above, checked: G = 128 or 256 costs at most 1/4 bit, and halving G = 256 buys at least half the
+# dB per bit of a level bit; halving G = 16 buys under a quarter, and at equal cost more levels win
+sq = {(sw.bits, g): q for sw in sweeps for g, q in zip(sw.group_sizes, sw.sqnr_db)}
+for b in range(2, 8):
+    level_bit = sq[b + 1, 128] - sq[b, 128]                    # one more bit of levels: +1 bit per element
+    large, tiny = (sq[b, 128] - sq[b, 256]) / (32 / 128 - 32 / 256), (sq[b, 8] - sq[b, 16]) / (32 / 8 - 32 / 16)
+    assert large > level_bit / 2 and tiny < level_bit / 4, (b, large, tiny, level_bit)
+    assert sq[b, 16] < sq[b + 1, 32] and (b + 2 > 8 or sq[b, 8] < sq[b + 2, 16]), b   # b + 2 and b + 4 bits
+assert all(sw.bits_per_element[-2] - sw.bits <= 0.25 for sw in sweeps)

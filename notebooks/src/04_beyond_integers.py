@@ -28,7 +28,9 @@ from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
 from qlab.granularity import PerGroup
 from qlab.lessons.calibration import layer_input, peak_to_mean
-from qlab.lessons.formats import FORMATS, format_score_table, grid_view, plot_grid, score_formats, synthetic_samples
+from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_view, plot_grid,
+                                  score_formats, synthetic_samples, winners)
+from qlab.quantize import fake_quantize
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -50,25 +52,58 @@ print("activation =", layer)
 # marks the best format of each bit width (8-bit: int8, fp8; 4-bit: int4, fp4, nf4, pow2).
 
 # %%
-print(format_score_table(score_formats(samples)))
+per_tensor = score_formats(samples)
+print(format_score_table(per_tensor))
 
 # %% [markdown]
 # And with one scale per block of 64, as NF4 is used in QLoRA (block absmax, so the block's own
-# largest value is always exactly representable):
+# largest value is always representable, exactly up to the float32 rounding of its scale):
 
 # %%
-print(format_score_table(score_formats(samples, granularity=PerGroup(64))))
+per_block = score_formats(samples, granularity=PerGroup(64))
+print(format_score_table(per_block))
+
+# %%
+# the prose above, checked: every block's largest |x| comes back in every format (to float32 rounding)
+for name in FORMATS:
+    for x in samples.values():
+        blocks, back = x.reshape(-1, 64), fake_quantize(x, format_spec(name, PerGroup(64))).reshape(-1, 64)
+        i = blocks.abs().argmax(dim=1, keepdim=True)
+        err = ((back.gather(1, i) - blocks.gather(1, i)).abs() / blocks.gather(1, i).abs()).max()
+        assert err < 1e-6, (name, float(err))
 
 # %% [markdown]
 # What to look for:
 # - **8 bits.** fp8 keeps about the same *relative* precision everywhere (3 mantissa bits for e4m3,
-#   about 31 dB whatever the data), int8 the same *absolute* step. When the bulk of the values fills
-#   the range, int8's 255 even levels win; when a few outliers stretch the range and the bulk sits
-#   near 0, the float's dense levels near 0 close the gap. e5m2 trades a mantissa bit for range: it
-#   is the gradient format.
-# - **4 bits.** Each grid wins on the distribution it was built for: the uniform grid on uniform
-#   data, NF4's normal quantiles on gaussian blocks, the float and logarithmic grids on heavy tails.
-#
+#   about 31 dB whatever the data with one scale per tensor, a little more per block), int8 the same
+#   *absolute* step. When the bulk of the values fills the range, int8's 255 even levels win; the more
+#   a few outliers stretch the range (larger max|x| / std) and the bulk sits near 0, the more the
+#   float's dense levels near 0 close the gap, until on the activation, with one scale per tensor, fp8
+#   wins. e5m2 trades a mantissa bit (about 6 dB) for range: it is the gradient format.
+# - **4 bits.** With one scale per tensor, each grid wins on the distribution it was built for: the
+#   uniform grid on uniform data, NF4's normal quantiles on gaussian data, the float and logarithmic
+#   grids on heavy tails (laplace, the activation). Per block of 64 the block absmax cuts the tails
+#   short, and NF4 wins on the laplace blocks too.
+
+# %%
+# the prose above, checked
+db = {(kind, s.distribution, s.format): s.sqnr_db for kind, scores in (("tensor", per_tensor), ("block", per_block))
+      for s in scores}
+peak = {name: float(x.abs().max() / x.std()) for name, x in samples.items()}
+e4m3 = [db["tensor", d, "fp8_e4m3"] for d in samples]
+assert max(e4m3) - min(e4m3) < 1 and abs(sum(e4m3) / len(e4m3) - 31) < 1.5, e4m3
+assert all(db["block", d, "fp8_e4m3"] > db["tensor", d, "fp8_e4m3"] for d in samples)
+assert all(abs(db[k, d, "fp8_e4m3"] - db[k, d, "fp8_e5m2"] - 6) < 1 for k in ("tensor", "block") for d in samples)
+assert format_levels("int8", 1.0).numel() == 255 and all(db[k, "uniform", "int8"] > db[k, "uniform", "fp8_e4m3"]
+                                                         for k in ("tensor", "block"))
+gap = [db["tensor", d, "int8"] - db["tensor", d, "fp8_e4m3"] for d in sorted(samples, key=peak.get)]
+assert gap == sorted(gap, reverse=True) and gap[-1] < 0 and sorted(samples, key=peak.get)[-1] == "activation", gap
+win_t, win_b = winners(per_tensor), winners(per_block)
+assert win_t["uniform", 4] == win_b["uniform", 4] == "int4" and win_t["gaussian", 4] == win_b["gaussian", 4] == "nf4"
+assert {win_t["laplace", 4], win_t["activation", 4]} <= {"fp4_e2m1", "pow2"}, win_t
+assert win_b["laplace", 4] == "nf4", win_b
+
+# %% [markdown]
 # ## The grids, drawn
 # The 4-bit grids over the gaussian sample: where the levels are dense, where they are sparse.
 
@@ -88,6 +123,16 @@ plt.show()
 def show(distribution, fmt, zoom):
     plot_grid(grid_view(samples[distribution], distribution, fmt, zoom))
     plt.show()
+
+# %%
+# the prose above, checked: the float grids' steps grow away from 0, the integer grids' are all equal
+for name in FORMATS:
+    steps = format_levels(name, 1.0).diff()
+    steps = steps[len(steps) // 2:]                   # from 0 outwards
+    if name.startswith("int"):
+        assert bool((steps == steps[0]).all()), name
+    elif name.startswith("fp"):
+        assert bool((steps.diff() >= 0).all()) and steps[-1] > 2 * steps[0], (name, steps)
 
 # %% [markdown]
 # **Take-away.** There is no best format, only a best format *for a distribution*: match the grid to

@@ -51,7 +51,7 @@ from qlab.lessons.kernels_speed import (KINDS, check_kernels, cpu_timing, crosso
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 print(f"{H200.name}: B = {H200.copy_bytes_per_s / 1e12:.1f} TB/s, P = {H200.bf16_flops / 1e12:.0f} TFLOP/s bf16, "
-      f"{H200.int8_ops / 1e12:.0f} TOPS int8 ({H200.source})")
+      f"{H200.int8_ops / 1e12:.0f} TOPS int8 ({H200.source}): int8 / bf16 peak {H200.int8_ops / H200.bf16_flops:.2f}x")
 for kind in ("fp16", "w8a8"):
     print(f"ridge point I* for {kind}: {ridge_point(kind):.0f} flops / byte")
 
@@ -64,6 +64,28 @@ for kind in ("fp16", "w8a8"):
 # %%
 view = roofline_view(8192, 8192)
 print(view.table(m_values=(1, 4, 16, 64, 128, 512, 4096)))
+
+# %%
+# the introduction, checked on this layer: the bytes of its table (G = 128); at small M the weights dominate, the
+# time is the time to read W, I ~ 2M / (bytes per weight), far left of I*; 4-bit weights: 0.516 byte, up to
+# 2 / 0.516 = 3.9x; past I* weight-only quantization gives 1x; W8A8 doubles P
+from qlab.kernels.bench import GROUP, problem_bytes
+
+N = K = 8192
+M = 16
+table = {"fp16": (2 * N * K, 2 * M * K), "w8a16": (N * K + 2 * N, 2 * M * K),
+         "w4a16": (N * K / 2 + 2 * N * K / GROUP, 2 * M * K), "w8a8": (N * K + 4 * N, M * K + 4 * M)}
+assert GROUP == 128 and all(problem_bytes(k, M, N, K) == w + a + 2 * M * N for k, (w, a) in table.items())
+per_weight = {k: problem_bytes(k, 0, N, K) / (N * K) for k in KINDS}    # M = 0: the weights alone
+for k in KINDS:
+    i = [j for j, m in enumerate(view.m_values) if m <= 16]
+    assert all(abs(view.intensity[k][j] / (2 * view.m_values[j] / per_weight[k]) - 1) < 0.02 for j in i), k
+    assert all(view.intensity[k][j] < ridge_point(k) / 10 for j in i if view.m_values[j] <= 4), k
+    assert abs(view.ideal_us[k][0] * 1e-6 * view.bandwidth / problem_bytes(k, 0, N, K) - 1) < 0.01, k
+    if k in ("w8a16", "w4a16"):
+        assert all(v <= 1 + 1e-9 for m, v in zip(view.m_values, view.speedup[k]) if m >= view.crossover["fp16"]), k
+assert f"{per_weight['w4a16']:.3f}" == "0.516" and max(view.speedup["w4a16"]) <= 2 / per_weight["w4a16"] < 3.95
+assert abs(view.peaks["w8a8"] / view.peaks["fp16"] - 2) < 0.05, view.peaks
 
 # %% [markdown]
 # Left: every (kind, M) on the roofline. Points on the slanted line are memory-bound (time = bytes /
@@ -80,6 +102,13 @@ falls = min(m for m, v in w4.items() if v < 0.9 * w4[1])
 print(f"W4A16: {w4[1]:.2f}x at M = 1, below 90% of that from M = {falls}, 1.00x from M = "
       f"{min(m for m, v in w4.items() if v <= 1.0 + 1e-9)}; W8A8 at M = {max(w8a8)}: {w8a8[max(w8a8)]:.2f}x "
       f"= int8 / bf16 peak {H200.int8_ops / H200.bf16_flops:.2f}")
+
+# %%
+# the prose above, checked: the gain holds while W4A16 is memory-bound, falls before fp16's ridge, then 1x
+assert all(v >= 0.9 * w4[1] for m, v in w4.items() if m < view.crossover["w4a16"]), w4
+assert view.crossover["w4a16"] <= falls < view.crossover["fp16"], (falls, view.crossover)
+assert all(v <= 1 + 1e-9 for m, v in w4.items() if m >= view.crossover["fp16"]), w4
+assert abs(w8a8[max(w8a8)] - H200.int8_ops / H200.bf16_flops) < 0.01, w8a8
 
 # %% [markdown]
 # ## Try it
@@ -130,7 +159,14 @@ plt.show()
 # Read the ratios: a ratio above 1 is time the reference path spends on top of the float product.
 # That extra work is paid once per call whatever $M$ is, while the product grows with $M$, so it
 # weighs most at small $M$, exactly where a GPU kernel would have gained the most.
-#
+
+# %%
+# the prose above, checked (only what no timing noise can turn: the ratios at the smallest M are above 1
+# and the largest)
+for name, r in timing.ratios.items():
+    assert r[0] > 1 and r[0] == max(r), (name, r)
+
+# %% [markdown]
 # ## The Triton kernels, live
 # qlab's kernels (`qlab.kernels`, one file each: `w4a16.py`, `w8a16.py`, `w8a8.py`,
 # `per_token_quant.py`) fuse the dequantization into the matmul: a tile of packed codes is loaded,
@@ -157,10 +193,22 @@ with dispatch.force_triton():
 
 # %%
 if dispatch.TRITON_MISSING is None:
-    for check in check_kernels(shapes=((1, 64, 256), (16, 64, 256)), group_size=64):
+    checks = check_kernels(shapes=((1, 64, 256), (16, 64, 256)), group_size=64)
+    for check in checks:
         print(check)
 else:  # macOS, Windows, or a CPU-only image: the roofline above needs no Triton, the kernels do
     print(f"The Triton part is skipped: {dispatch.TRITON_MISSING}")
+
+# %%
+# the prose above, checked: the launch shapes by M, and every error within one unit in the last place of the
+# output format (fp16; bf16 for W8A8) at the output's largest magnitude
+if dispatch.TRITON_MISSING is None:
+    from qlab.kernels import w4a16, w8a16
+
+    assert all([mod.choose_path(m) for m in (1, 2, 64, 65)] == ["gemv", "splitk", "splitk", "tiled"]
+               for mod in (w4a16, w8a16))
+    for check in checks:
+        assert check.max_rel_err <= torch.finfo(torch.bfloat16 if check.kernel == "w8a8" else torch.float16).eps, check
 
 # %% [markdown]
 # ## Measured on a GPU
@@ -183,3 +231,9 @@ for result in results:
 # using faster arithmetic (int8 / fp8 tensor cores: W8A8). And the gain exists only with a kernel that
 # never materialises the float weight. Notebook 11 puts every method on one size-versus-quality
 # chart to choose a recipe.
+
+# %%
+# the take-away, checked: the largest W4A16 gain approaches 4x; at the largest M only W8A8 beats fp16 / bf16
+last = {k: view.speedup[k][-1] for k in KINDS}
+assert 3.5 < max(view.speedup["w4a16"]) < 4, view.speedup["w4a16"]
+assert last["w8a8"] > 1.9 and max(last["w8a16"], last["w4a16"]) <= 1 + 1e-9, last

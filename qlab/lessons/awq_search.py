@@ -37,6 +37,7 @@ from qlab.layers.weight_only import weight_spec
 from qlab.lessons.gptq_steps import block_linears
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 SELECTIONS = ("none", "activation", "weight", "random")
 
@@ -183,7 +184,7 @@ def scale_view(search: ScaleSearch, ratio: float) -> ScaleView:
 
 def plot_scale_view(view: ScaleView, search: ScaleSearch, title: str = "") -> plt.Figure:
     """Left: s per channel at r, over mean |x|. Right: loss against r (relative to rounding)."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": (1.6, 1)})
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 3.8), gridspec_kw={"width_ratios": (1.6, 1)})
     K = view.scales.numel()
     c, edges = torch.arange(K).numpy(), (torch.arange(K + 1) - 0.5).numpy()
     axes[0].stairs(view.scales.numpy(), edges, fill=True, color="tab:blue", label=f"s (r = {view.ratio:.2f})")
@@ -198,13 +199,13 @@ def plot_scale_view(view: ScaleView, search: ScaleSearch, title: str = "") -> pl
     axes[1].plot(view.ratio, view.loss / view.rtn_loss, "r*", ms=14)
     axes[1].axhline(1.0, color="k", ls=":", lw=1)
     axes[1].set(xlabel="exponent r", ylabel="loss / loss at r = 0", title="the search")
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.9, wspace=0.3)  # tight_layout is slow for a slider
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.5)  # tight_layout is slow for a slider
     return fig
 
 
 def plot_scale_curves(report: AWQReport) -> plt.Figure:
     """Every group's search curve from an ``AWQReport`` (relative to r = 0), its minimum marked."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 4.4))
     styles = ("-", "--", ":", "-.")
     for i, s in enumerate(report.scale_searches):   # 10 colours, so the line style tells the 11th+ apart
         rel = (s.losses / s.losses[0]).numpy()
@@ -250,7 +251,7 @@ def format_clip_summary(rows: Sequence[ClipRow]) -> str:
 
 def plot_clip_ratios(report: AWQReport) -> plt.Figure:
     """Histogram of the clip ratio chosen for every (output row, group), one colour per kind of linear."""
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 3.6))
     kinds: dict[str, list[Tensor]] = {}
     for name, r in report.clip_ratios.items():
         kinds.setdefault(name.split(".", 2)[-1], []).append(r.reshape(-1))

@@ -41,6 +41,7 @@ from qlab.lessons import log_yscale
 from qlab.metrics import sqnr_db
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 CALIBRATOR_NAMES = ("minmax", "moving_average", "percentile", "entropy", "mse")
 COLORS = {"minmax": "tab:red", "moving_average": "tab:orange", "percentile": "tab:green",
@@ -203,9 +204,9 @@ def with_percentile(view: CalibrationView, x: Tensor, percentile: float, batch_r
 
 def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
     """Left: |x| histogram with every threshold. Right: the searched curves with their minimum marked."""
-    fig = plt.figure(figsize=(12, 4.6))
-    grid = fig.add_gridspec(3, 2, width_ratios=(1.4, 1), left=0.075, right=0.98, bottom=0.1, top=0.93,
-                            wspace=0.15, hspace=0.3)  # fixed margins: no tight_layout pass per slider move
+    fig = plt.figure(figsize=(FIGURE_WIDTH, 4.8))
+    grid = fig.add_gridspec(3, 2, width_ratios=(1.4, 1), left=0.1, right=0.98, bottom=0.1, top=0.93,
+                            wspace=0.33, hspace=0.35)  # fixed margins: no tight_layout pass per slider move
     ax = fig.add_subplot(grid[:, 0])
     ax.stairs(view.counts.numpy(), view.edges.numpy(), fill=True, color="0.7")
     log_yscale(ax)
@@ -215,7 +216,7 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
                 label=f"{name}: {float(r.amax):.3f} ({view.sqnr_db[name]:.1f} dB)")
     ax.set_ylim(0.5, top * 10 ** 2.4)
     ax.set(xlabel="|x|", ylabel="count", title=title or "|x| and the calibrated thresholds")
-    ax.legend(fontsize=8, loc="upper right", ncol=2)   # a fixed place: "best" is slow to find on a slider
+    ax.legend(fontsize=7, loc="upper right")   # above the thresholds' tops; a fixed place: "best" is slow
     t, above = view.tail
     curves = {"percentile": (t, above, "P(|x| > t)")}
     for name in ("entropy", "mse"):
@@ -227,7 +228,10 @@ def plot_calibration(view: CalibrationView, title: str = "") -> plt.Figure:
         cax.plot(c.numpy(), loss.numpy(), color=COLORS[name], lw=1)
         if name in view.results:
             cax.axvline(float(view.results[name].amax), color=COLORS[name], ls="--", lw=1)
-        log_yscale(cax)
+        if name == "entropy":      # within about one decade: a log axis would show one tick
+            cax.set_ylim(0, float(loss[torch.isfinite(loss)].max()) * 1.05 if torch.isfinite(loss).any() else 1)
+        else:
+            log_yscale(cax)
         cax.set_ylabel(ylabel, fontsize=8)
         cax.tick_params(labelsize=7)
     cax.set_xlabel("threshold t")

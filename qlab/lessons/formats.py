@@ -30,6 +30,7 @@ from qlab.lessons import log_yscale
 from qlab.metrics import mse, sqnr_db
 from qlab.quantize import choose_qparams, element_format, fake_quantize
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 # name -> (format, bits) of the QuantSpec; the integers use the symmetric narrow range.
 FORMATS: dict[str, tuple[str, int | None]] = {
@@ -162,7 +163,7 @@ MARGIN = 1.04   # the x range of plot_grid, relative to the histogram's: every l
 def plot_grid(views: GridView | Sequence[GridView]) -> plt.Figure:
     """Histogram (log counts) with the grid's levels as vertical lines, one panel per view (shared x)."""
     views = [views] if isinstance(views, GridView) else list(views)
-    fig, axes = plt.subplots(len(views), 1, figsize=(10, 0.8 + 2.6 * len(views)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(views), 1, figsize=(FIGURE_WIDTH, 0.8 + 2.6 * len(views)), sharex=True, squeeze=False)
     for ax, view in zip(axes[:, 0], views):
         ax.stairs(view.counts.numpy(), view.edges.numpy(), fill=True, color="0.7")
         log_yscale(ax)

@@ -32,6 +32,7 @@ from qlab.algorithms.layerwise import find_blocks
 from qlab.granularity import PerAxis, PerGroup
 from qlab.quantize import choose_qparams, fake_quantize
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 
 # ----------------------------------------------------------------------------- the Hessian
@@ -63,7 +64,7 @@ def plot_hessian(H: Tensor, name: str = "") -> plt.Figure:
     """Left: H normalised to correlations, |H_ij| / sqrt(H_ii H_jj) in [0, 1] on a linear colour scale
     (1 on the diagonal; how strongly two inputs move together, whatever their magnitudes); right:
     its diagonal, sum of x_k^2 per input (how much each input is used), on a log axis."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": (1, 1.4)})
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 3.4), gridspec_kw={"width_ratios": (1, 1.4)})
     h = H.double()
     d = torch.diag(h).clamp(min=torch.finfo(torch.float64).tiny).sqrt()   # dead inputs: H_kk = 0
     corr = (h.abs() / d[:, None] / d[None, :]).clamp(max=1.0)
@@ -165,7 +166,8 @@ def gptq_frame(traj: GPTQTrajectory, column: int) -> GPTQFrame:
 def plot_gptq_frame(frame: GPTQFrame, traj: GPTQTrajectory, row: int = 0) -> plt.Figure:
     """Top: how far every weight of the rows moved (the error feedback spreads to the right of the line).
     Bottom: one row, original vs now vs round-to-nearest."""
-    fig, axes = plt.subplots(2, 1, figsize=(12, 6), sharex=True, gridspec_kw={"height_ratios": (1.2, 1)})
+    fig, axes = plt.subplots(2, 1, figsize=(FIGURE_WIDTH, 5.6), sharex=True, gridspec_kw={"height_ratios": (1.2, 1)})
+    fig.subplots_adjust(left=0.09, right=0.9, bottom=0.09, top=0.94, hspace=0.22)   # before the colour bar takes its share
     lim = float((traj.weights[-1] - traj.original).abs().max())
     im = axes[0].imshow(frame.moved.numpy(), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     fig.colorbar(im, ax=axes, fraction=0.02, label="w_now - w_original")
@@ -177,7 +179,8 @@ def plot_gptq_frame(frame: GPTQFrame, traj: GPTQTrajectory, row: int = 0) -> plt
     axes[1].plot(k, frame.weights[row].numpy(), color="tab:blue", lw=1, label="GPTQ, now")
     axes[1].axvline(frame.column - 0.5, color="k", lw=1)
     axes[1].set(xlabel="input column k", ylabel=f"W[{int(frame.rows[row])}, k]")
-    axes[1].legend(fontsize=8, ncol=3, loc="upper right")   # a fixed place: "best" is slow to find on a slider
+    # above the row, between the panels: over the data it would hide weights (a fixed place: "best" is slow)
+    axes[1].legend(fontsize=8, ncol=3, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, borderaxespad=0.2)
     return fig
 
 

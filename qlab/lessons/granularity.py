@@ -35,6 +35,7 @@ from qlab.metrics import mse, sqnr_db
 from qlab.quantize import fake_quantize
 from qlab.sizes import effective_bits_per_weight
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 GROUP_SIZES = (8, 16, 32, 64, 128, 256)  # the slider's positions
 
@@ -121,7 +122,7 @@ def channel_errors(x: Tensor, granularities: Mapping[str, Granularity], bits: in
 
 def plot_channel_errors(ce: ChannelErrors, title: str = "") -> plt.Figure:
     """One heatmap row per granularity: log10 of each channel's MSE (a shared colour scale)."""
-    fig, ax = plt.subplots(figsize=(12, 0.5 + 0.45 * len(ce.names)))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 0.5 + 0.45 * len(ce.names)))
     logs = ce.errors.clamp(min=1e-30).log10().numpy()
     im = ax.imshow(logs, aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_yticks(range(len(ce.names)), ce.names)

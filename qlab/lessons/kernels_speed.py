@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from qlab.lessons import log_axis
 from qlab.kernels.bench import REFERENCE_DEVICE, DeviceSpec, ideal_speedup, ideal_time, problem_bytes
 from qlab.layers.weight_only import WeightOnlyLinear
+from qlab.plotting import FIGURE_WIDTH
 
 KINDS = ("fp16", "w8a16", "w4a16", "w8a8")
 COLORS = {"fp16": "tab:gray", "w8a16": "tab:blue", "w4a16": "tab:green", "w8a8": "tab:red"}
@@ -152,7 +153,7 @@ def roofline_view(N: int = 8192, K: int = 8192, m_values: Sequence[int] = M_VALU
 
 def plot_roofline(view: RooflineView, mark_m: int | None = None) -> plt.Figure:
     """Left: the roofline (log-log), each kind's points at every M. Right: ideal speedup over fp16 vs M."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 4.2))
     i_all = [i for k in KINDS for i in view.intensity[k]]
     xs = torch.logspace(math.log10(min(i_all) / 2), math.log10(max(i_all) * 2), 200, dtype=torch.float64)
     for name, peak, style in (("bf16 / fp16 peak", view.peaks["fp16"], "-"), ("int8 peak", view.peaks["w8a8"], "--")):
@@ -175,7 +176,7 @@ def plot_roofline(view: RooflineView, mark_m: int | None = None) -> plt.Figure:
     bx.set(xlabel="M (rows: tokens in flight)", ylabel="ideal speedup over fp16 (W8A8: bf16)",
            title=f"N x K = {view.N} x {view.K}")
     bx.legend(fontsize=8, loc="center right")
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.92, wspace=0.2)  # tight_layout is slow for a slider
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92, wspace=0.3)  # tight_layout is slow for a slider
     return fig
 
 
@@ -392,7 +393,7 @@ def gpu_results_table(result: GpuResults, kernels: Sequence[str] = ("w4a16", "w8
 def plot_gpu_results(result: GpuResults, kernels: Sequence[str] = ("w4a16", "w8a16", "w8a8")) -> plt.Figure:
     """Measured speedup (bars) against the roofline ideal (ticks), per (N, K, M)."""
     points = sorted({(r["N"], r["K"], r["M"]) for r in result.rows})
-    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(points)), 4.5))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 4.5))
     width = 0.8 / len(kernels)
     for i, kind in enumerate(kernels):
         by_point = {(r["N"], r["K"], r["M"]): r for r in result.rows if r["kernel"] == kind}

@@ -42,6 +42,7 @@ from qlab.evaluate import PerplexityResult, perplexity
 from qlab.stats import change_cell
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.train import _batch
+from qlab.plotting import FIGURE_WIDTH
 
 BIT_COLORS = {2: "tab:red", 3: "tab:orange", 4: "tab:green", 8: "tab:blue"}
 
@@ -61,7 +62,7 @@ def short_name(layer: str) -> str:
 
 def plot_sensitivity(sens: LayerSensitivity) -> plt.Figure:
     """One group of bars per layer: the perplexity change (%) with only that layer quantized, per bit width."""
-    fig, ax = plt.subplots(figsize=(13, 4.2))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 4.2))
     L, C = sens.delta_nll.shape
     width = 0.8 / C
     change = pct(sens.delta_nll)                                              # (L, C) %
@@ -151,7 +152,7 @@ def plan_view(model: nn.Module, sens: LayerSensitivity, budget: float, uniform: 
 
 def plot_plan(view: PlanView) -> plt.Figure:
     """Left: the bit width of every layer. Right: perplexity change vs bits per weight."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": (1.5, 1)})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 4.2), gridspec_kw={"width_ratios": (1.5, 1)})
     ax.bar(range(len(view.layers)), view.bits, color=[BIT_COLORS.get(b, "k") for b in view.bits])
     ax.set_xticks(range(len(view.layers)), [short_name(n) for n in view.layers], rotation=60, ha="right", fontsize=8)
     ax.set(ylabel="bits", yticks=sorted(set(p.bits for p in view.uniform)),
@@ -266,11 +267,12 @@ def qat_curve(model: nn.Module, recipe: QuantRecipe, steps: int = 80, lr: float 
 
 def plot_qat(curve: QATCurve, window: int = 10) -> plt.Figure:
     """Left: per-batch perplexity of the three models. Right: their excess over float, running mean."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 3.8))
     for name, loss, color in (("float", curve.float_loss, "k"), ("PTQ (RTN)", curve.ptq_loss, "tab:red"),
                               ("QAT", curve.qat_loss, "tab:green")):
         ax.plot(curve.steps, [math.exp(v) for v in loss], color=color, lw=1, label=name)
-    ax.set(xlabel="QAT step", ylabel="perplexity on the step's batch", title=curve.recipe.describe())
+    ax.set(xlabel="QAT step", ylabel="perplexity on the step's batch",
+           title=f"int{curve.recipe.bits}, group {curve.recipe.group_size or 'per channel'}: per batch")
     ax.legend(fontsize=8)
     bx.plot(curve.steps, curve.excess("ptq", window), color="tab:red", label="PTQ (RTN)")
     bx.plot(curve.steps, curve.excess("qat", window), color="tab:green", label="QAT")

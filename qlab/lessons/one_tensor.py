@@ -33,6 +33,7 @@ from qlab.lessons import log_yscale
 from qlab.metrics import ErrorSplit, error_split, sqnr_db
 from qlab.quantize import compute_qparams, fake_quantize
 from qlab.spec import QuantSpec
+from qlab.plotting import FIGURE_WIDTH
 
 CLIPS = torch.arange(2, 101, dtype=torch.float64) / 100  # the slider's positions: 0.02 .. 1.00
 _BLOCK_ELEMENTS = 1 << 21  # elements of one (candidates, N) block in clip_error_curve
@@ -167,7 +168,7 @@ def clip_error_curve(x: Tensor, bits: int, symmetric: bool = True, clips: Tensor
 
 def plot_one_tensor(view: OneTensorView, curve: ClipCurve | None = None) -> plt.Figure:
     """Left: histogram of x with the grid and the clipped tails shaded. Right: error vs clip."""
-    fig, axes = plt.subplots(1, 2 if curve is not None else 1, figsize=(12 if curve else 7, 3.6),
+    fig, axes = plt.subplots(1, 2 if curve is not None else 1, figsize=(FIGURE_WIDTH if curve else 7, 3.6),
                              squeeze=False)
     ax = axes[0, 0]
     ax.stairs(view.counts.numpy(), view.edges.numpy(), fill=True, color="0.6")
@@ -196,5 +197,5 @@ def plot_one_tensor(view: OneTensorView, curve: ClipCurve | None = None) -> plt.
         ax.set(xlabel="clip (fraction of the range)", ylabel="MSE", title="error vs clip")
         ax.legend(fontsize=8, loc="lower center")   # a fixed place: "best" is slow to find on a slider
     # fixed margins: tight_layout would draw the figure once more on every slider move
-    fig.subplots_adjust(left=0.06 if curve is not None else 0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
+    fig.subplots_adjust(left=0.09 if curve is not None else 0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
     return fig

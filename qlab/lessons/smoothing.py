@@ -42,6 +42,7 @@ from qlab.layers.llm_int8 import LLMInt8Linear, outlier_columns
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.outliers import LLM_INT8_THRESHOLD
 from qlab.stats import change_cell, perplexity_cell
+from qlab.plotting import FIGURE_WIDTH
 
 ACTS = ("per_tensor", "per_token")
 ALPHAS = ALPHA_GRID   # the alpha slider: 0.00, 0.05, ..., 1.00 (the grid of alpha="auto")
@@ -72,7 +73,7 @@ def channel_profile(stats: ActivationStats, layer: str, threshold: float = LLM_I
 
 def plot_channel_profile(profile: ChannelProfile) -> plt.Figure:
     """Bars: max |x| per channel; line: mean |x|; dashed: LLM.int8()'s threshold."""
-    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 3.6))
     C = profile.absmax.numel()
     c = torch.arange(C).numpy()
     ax.stairs(profile.absmax.numpy(), (torch.arange(C + 1) - 0.5).numpy(), fill=True, color="tab:blue", label="max |x|")
@@ -221,7 +222,7 @@ def format_smoothing_curve(curve: SmoothingCurve, every: int = 1) -> str:
 
 def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") -> plt.Figure:
     """Activation maxima and weight maxima per channel, before / after; the error against alpha."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(FIGURE_WIDTH, 3.6))
     c = torch.arange(view.scales.numel()).numpy()
     for ax, before, after, what in ((axes[0], view.act_before, view.act_after, "max |x|"),
                                     (axes[1], view.weight_before, view.weight_after, "max |W|")):
@@ -238,7 +239,7 @@ def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") 
     ax.set_ylim(bottom=0)
     ax.set(xlabel="alpha", ylabel="relative output error", title=title or "W8A8 error of the group")
     ax.legend(fontsize=7, loc="upper right")
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.25)  # tight_layout is slow for a slider
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.14, top=0.9, wspace=0.45)  # tight_layout is slow for a slider
     return fig
 
 
