@@ -49,10 +49,10 @@ def test_every_notebook_has_an_exercise_its_source_checks_and_grades():
 def test_mistakes_differ_from_the_reference_and_from_each_other():
     for ex in ALL:
         cases = list(ex.cases())
-        want = [c.call(ex.reference) for c in cases]
+        want = [c.call(ex.runnable(ex.reference)) for c in cases]
         outs = {}
         for m in ex.mistakes:
-            outs[m.name] = [c.call(m.fn) for c in cases]
+            outs[m.name] = [c.call(ex.runnable(m.fn)) for c in cases]
             with pytest.raises(Mismatch):
                 for got, w in zip(outs[m.name], want):
                     compare(got, w, ex.rtol, ex.atol)

@@ -70,6 +70,11 @@ class Exercise:
     rtol: float = 1e-5
     atol: float = 1e-7
     points: int = 1                         # nbgrader points of its graded cell
+    adapt: Optional[Callable] = None        # turns what the student writes (a class, say) into the function
+    #                                         the cases call; applied alike to the reference and the mistakes
+
+    def runnable(self, obj: Callable) -> Callable:
+        return obj if self.adapt is None else self.adapt(obj)
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,11 @@ def check(ex: Exercise, student_fn: Any) -> CheckReport:
                                                       f"{type(student_fn).__name__}: pass the function itself, "
                                                       f"without calling it")
     cases = list(ex.cases())
-    expected = _outputs(ex.reference, cases)
+    expected = _outputs(ex.runnable(ex.reference), cases)
+    try:
+        student_fn = ex.runnable(student_fn)
+    except Exception as e:     # what the student wrote is not what the exercise asks for (adapt says why)
+        return CheckReport(ex.name, False, False, len(cases), f"✗ {head}: {type(e).__name__}: {e}")
     outputs = []
     for case, want in zip(cases, expected):
         try:
@@ -246,7 +255,7 @@ def _wrong(ex: Exercise, head: str, cases: Sequence[Case], expected: Sequence, s
     known = None
     if mine is not None:
         for mistake in ex.mistakes:
-            theirs = _outputs(mistake.fn, cases)
+            theirs = _outputs(ex.runnable(mistake.fn), cases)
             if _matches(mine, theirs, ex) and not _matches(theirs, expected, ex):
                 known = mistake
                 break
