@@ -17,7 +17,7 @@ CONFIG := $(VENV)/.config
 INDEX  := $(if $(strip $(EXTRA_INDEX_URL)),--extra-index-url "$(EXTRA_INDEX_URL)")
 WANTED := python=$(shell $(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) torch=$(TORCH) index=$(EXTRA_INDEX_URL)
 
-.PHONY: install lab test test-py test-nb demo bench clean FORCE
+.PHONY: install lab test test-py test-nb demo bench student clean FORCE
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ test: install
 	bash tools/install_browser.sh
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider
+
+# The student edition and the nbgrader course (README: "For instructors"), in build/course/.
+student: install
+	$(PY) tools/build_course.py
 
 bench: install
 	$(PY) benchmarks/bench_core.py

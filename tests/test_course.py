@@ -78,6 +78,16 @@ def test_a_function_still_stubbed_is_not_done_and_never_an_error():
         report.assert_passed()
 
 
+def test_torchs_own_not_implemented_is_a_bug_not_a_stub():
+    def bitwise_on_floats(x):
+        raise NotImplementedError('"bitwise_or_cpu" not implemented for \'Float\'')
+
+    report = run_check(_ex(lambda x: 2 * x), bitwise_on_floats)
+    assert not report.not_done and "raised NotImplementedError: \"bitwise_or_cpu\"" in report.message
+    assert "on the input three" in report.message
+    assert run_check(_ex(lambda x: 2 * x), lambda x: (_ for _ in ()).throw(NotImplementedError())).not_done
+
+
 def test_bad_student_code_gets_the_failing_input_not_a_traceback():
     ex = _ex(lambda x: 2 * x)
     report = run_check(ex, lambda x: x[10])
@@ -118,6 +128,9 @@ def test_compare_structures_and_tolerances():
     compare((1.0, torch.ones(2)), (1.0 + 1e-9, torch.ones(2)), 1e-6, 0)
     compare(torch.tensor(3.0), 3, 0, 0)
     compare(float("inf"), float("inf"), 0, 0)
+    compare(torch.tensor([float("nan"), 1.0]), torch.tensor([float("nan"), 1.0]), 0, 0)
+    with pytest.raises(Mismatch, match="1 of 2 value"):                # an infinite answer is met exactly
+        compare(torch.tensor([1e30, 1.0]), torch.tensor([float("inf"), 1.0]), 1e-3, 0)
     for got, want, match in [((1.0,), (1.0, 2.0), "expected 2 values"), ({"a": 1}, {"b": 1}, "keys"),
                              (True, False, "expected False"), (torch.ones(2), 1.0, "expected a number"),
                              (1.1, 1.0, "1 of 1 value"), (float("nan"), 1.0, "NaN")]:

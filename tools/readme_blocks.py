@@ -156,6 +156,25 @@ def phenomena_block(results_dir: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+EXERCISES_START, EXERCISES_END = "<!-- exercises:start -->", "<!-- exercises:end -->"
+
+
+def exercises_block() -> str:
+    """One row per exercise of ``qlab.course``: what the student writes and the mistakes its checker names."""
+    from qlab.course.check import exercises
+
+    rows = sorted(exercises().values(), key=lambda e: (e.notebook, e.name))
+    lines = [EXERCISES_START,
+             f"{len(rows)} exercises in {len({e.notebook for e in rows})} notebooks, "
+             f"{sum(len(e.mistakes) for e in rows)} catalogued mistakes (`qlab/course/exercises/nbNN.py`):",
+             "", "| notebook | checker | the student writes | mistakes the checker recognises |", "|---|---|---|---|"]
+    for e in rows:
+        task = e.task.replace("|", "\\|")
+        mistakes = "; ".join(m.name for m in e.mistakes).replace("|", "\\|")
+        lines.append(f"| {e.notebook} | `check.{e.name}` | {task} | {mistakes} |")
+    return "\n".join(lines + [EXERCISES_END])
+
+
 def replace_block(text: str, new_block: str, start: str = START, end: str = END) -> str:
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise ValueError(f"README.md must hold one {start} ... {end} block")
@@ -165,7 +184,8 @@ def replace_block(text: str, new_block: str, start: str = START, end: str = END)
 def updated_readme(text: str) -> str:
     text = replace_block(replace_block(text, block()), times_block(), TIMES_START, TIMES_END)
     text = replace_block(text, hosting_block(), HOSTING_START, HOSTING_END)
-    return replace_block(text, phenomena_block(), PHENOMENA_START, PHENOMENA_END)
+    text = replace_block(text, phenomena_block(), PHENOMENA_START, PHENOMENA_END)
+    return replace_block(text, exercises_block(), EXERCISES_START, EXERCISES_END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,12 +21,15 @@
 # The code: `qlab/lessons/calibration.py` (tested in `tests/test_lessons_calibration.py`).
 
 # %%
+import math
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
 from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
+from qlab.course import check, reveal
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibrate_tensor, calibration_view,
@@ -36,6 +39,45 @@ from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibra
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
 tokens = calibration_samples(8, 256, seed=0)  # 8 random windows of 256 bytes of the training split
+
+# %% [markdown]
+# ## Exercise: the percentile threshold
+# Write `percentile_threshold(x, p)`: the threshold $a_{max}$ the Percentile calibrator aims at, the
+# p-th percentile of $|x|$ over every value of the tensor `x` (any shape). `p` is in percent,
+# $0 < p \le 100$: at $p = 99.99$, 99.99% of the values lie below the threshold and 0.01% are clipped.
+# Both tails count, hence $|x|$. The definition is numpy's and torch's default ("linear" interpolation):
+#
+# 1. sort the $n$ values $a = |x|$ in ascending order: $a_0 \le a_1 \le \dots \le a_{n-1}$;
+# 2. the position $r = \frac{p}{100}(n - 1)$ lies between $a_k$ and $a_{k+1}$, with $k = \lfloor r \rfloor$;
+# 3. interpolate: $t = a_k + (r - k)(a_{k+1} - a_k)$; when $r = n - 1$ (that is $p = 100$), $t = a_{n-1}$.
+#
+# So $p = 100$ gives $\max|x|$ (MinMax) and $p = 50$ the median of $|x|$; repeated values need no care
+# (neighbours that are equal interpolate to their value). Return a Python float (a 0-d tensor is fine
+# too). Write the three steps yourself (`torch.sort`, `math.floor`); `torch.quantile(x.abs().flatten(),
+# p / 100)` is the one-line answer to compare with afterwards: it takes a fraction, not a percent.
+#
+# qlab's `Percentile` cannot keep every value of every batch: it reads the same percentile off a
+# 2048-bin histogram of $|x|$, so its threshold sits within about one bin of this exact one (checked on
+# the real activation below). The next cell checks your function on small and large tensors (ties,
+# negative values, outliers) and names the mistake if it recognises it. Stuck? Go on: nothing after it
+# uses your function.
+
+# %%
+def percentile_threshold(x: torch.Tensor, p: float) -> float:
+    ### BEGIN SOLUTION
+    a = x.abs().flatten().double().sort().values
+    r = p / 100 * (a.numel() - 1)
+    k = math.floor(r)
+    if k + 1 >= a.numel():
+        return float(a[-1])
+    return float(a[k] + (r - k) * (a[k + 1] - a[k]))
+    ### END SOLUTION
+
+# %%
+print(check.percentile_threshold(percentile_threshold))
+### BEGIN HIDDEN TESTS
+check.percentile_threshold(percentile_threshold).assert_passed()
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ## Calibrate every linear input at once
@@ -56,12 +98,30 @@ layer = max(ratios, key=ratios.get)
 # SQNR $= 10 \log_{10}(\sum x^2 / \sum (x - \hat x)^2)$ of this activation quantized to int8 with
 # that threshold. On the right, the curves the searching calibrators minimised (dashed: their
 # choice), and the tail $P(|x| > t)$ that a percentile cuts at $(100 - p)\%$.
+#
+# **Predict, then run.** The 99.99th percentile clips one value in 10,000. On this long-tailed input,
+# how many times larger is MinMax's threshold (the largest $|x|$) than the percentile's? Put your
+# guess in `prediction`, then run the two cells after it.
+
+# %%
+prediction = None   # your guess, in times: MinMax's amax / the 99.99th percentile's amax
 
 # %%
 x = layer_input(model, layer, tokens, batch_size=2)  # (8 * 256 tokens, in_features)
 view = calibration_view(x, calibrate_tensor(x, make_calibrators(), batch_rows=2 * 256))
 print(layer, tuple(x.shape))
 print(view.table())
+
+# %%
+amax_minmax, amax_percentile = (float(view.results[name].amax) for name in ("minmax", "percentile"))
+print(reveal(prediction, round(amax_minmax / amax_percentile, 2), "MinMax's threshold over the 99.99th percentile's",
+             "times"))
+# the exercise's exact percentile of all the values against qlab's histogram (the first batch sets the bin width)
+exact = float(torch.quantile(x.abs().flatten().double(), 0.9999))
+width = float(x[:2 * 256].abs().max()) / 2048
+print(f"99.99th percentile of |x|: exact {exact:.4f}, qlab's 2048-bin histogram {amax_percentile:.4f} "
+      f"(bin width {width:.4f})")
+assert abs(exact - amax_percentile) <= width                      # the exercise's text, checked
 
 # %%
 plot_calibration(view, f"|x| at the input of {layer}")

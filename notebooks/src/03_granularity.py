@@ -29,6 +29,7 @@ from qlab.lessons import setup_notebook
 from qlab.capture import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
+from qlab.course import check, reveal
 from qlab.lessons.calibration import layer_input
 from qlab.lessons.granularity import (GROUP_SIZES, activation_granularities, channel_errors, compare_granularities,
                                       format_granularity_table, format_group_sweeps, group_size_sweep,
@@ -40,13 +41,60 @@ model = load_model()
 w = model.blocks[0].mlp.fc.weight.detach()  # (1024, 256): out x in
 
 # %% [markdown]
+# ## Exercise: per-group quantization with a reshape
+# Write `fake_quant_per_group(w, bits, group_size)`: the (N, K) weight `w` quantized to `bits`-bit
+# integers with one scale per group of $G$ = `group_size` consecutive inputs of each row (`PerGroup(G)`
+# in the table above; $K$ is a multiple of $G$), then dequantized: a float tensor of `w`'s shape. The
+# grid is notebook 1's symmetric narrow one, codes $\pm(2^{b-1} - 1)$ ($\pm 7$ in int4), per group:
+#
+# $$s = \max\Big(\frac{\max_{\text{group}} |w|}{2^{b-1} - 1},\ \varepsilon\Big), \qquad
+# \hat w = \mathrm{clamp}\big(\mathrm{round}(w / s),\ -(2^{b-1} - 1),\ 2^{b-1} - 1\big)\, s$$
+#
+# with $\varepsilon$ = `torch.finfo(torch.float32).eps`, the floor torch.ao puts under every scale: a
+# group of zeros would otherwise divide 0 by 0. `round` is half to even (`torch.round`: 2.5 -> 2).
+# The reshape does the grouping: `w.reshape(N, K // G, G)` puts one group in each slice along the last
+# dim; the absmax over that dim with `keepdim=True` broadcasts back against it; reshape the result to
+# (N, K) at the end.
+#
+# The next cell checks it on small and real-sized weights (ties, a group of zeros, 2 to 8 bits) and
+# names the mistake if it recognises it. Stuck? Go on: nothing after it uses your function.
+
+# %%
+def fake_quant_per_group(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    n, k = w.shape
+    qmax = 2 ** (bits - 1) - 1
+    groups = w.reshape(n, k // group_size, group_size)
+    scale = (groups.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=torch.finfo(torch.float32).eps)
+    q = torch.round(groups / scale).clamp(-qmax, qmax)
+    return (q * scale).reshape(n, k)
+    ### END SOLUTION
+
+# %%
+print(check.fake_quant_per_group(fake_quant_per_group))
+### BEGIN HIDDEN TESTS
+check.fake_quant_per_group(fake_quant_per_group).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## A weight in int4
 # Symmetric int4, one fp16 scale per block. Per-channel scales follow the rows' different magnitudes;
 # groups of 64 inputs follow the columns too.
+#
+# **Predict, then run.** Per-tensor, one scale serves all 262,144 weights; per-group(64), each scale
+# serves 64. How many dB of SQNR do the 4,096 group scales buy over the single one? Put your guess in
+# `prediction`, then run the two cells after it.
+
+# %%
+prediction = None   # your guess, in dB: per-group(64) SQNR minus per-tensor SQNR
 
 # %%
 rows = compare_granularities(w, weight_granularities(64), bits=4)
 print(format_granularity_table(rows))
+
+# %%
+print(reveal(prediction, round(rows[2].sqnr_db - rows[0].sqnr_db, 1), "per-group(64) over per-tensor, int4", "dB"))
+assert w.numel() == 262_144 and rows[2].num_scales == 4096 and rows[0].num_scales == 1   # the prose above
 
 # %%
 # the prose above, checked: each finer granularity lowers the error, for 16 / B bits more

@@ -26,6 +26,7 @@ from qlab.lessons import setup_notebook
 from qlab.capture import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
+from qlab.course import check, reveal
 from qlab.granularity import PerGroup
 from qlab.lessons.calibration import layer_input, peak_to_mean
 from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_view, plot_grid,
@@ -47,13 +48,71 @@ for name, x in samples.items():
 print("activation =", layer)
 
 # %% [markdown]
+# ## Exercise: the NF4 code book
+# NF4 (Dettmers et al. 2023, *QLoRA*) puts its 16 levels at quantiles of the standard normal
+# $\mathcal N(0, 1)$, with an exact 0 and one more level on the positive side than on the negative one.
+# Write `normal_float_levels(bits, offset=0.9677083)`, the same construction for any number of bits
+# (NF2 to NF5 are checked; `bits=4` is NF4): a float tensor of the $2^b$ levels, in ascending order:
+#
+# - $2^{b-1}$ positive levels $\Phi^{-1}(p)$ for `p = torch.linspace(offset, 0.5, 2**(bits-1) + 1)`
+#   without its last point ($p = 0.5$ would give 0);
+# - $2^{b-1} - 1$ negative levels $-\Phi^{-1}(p)$ for `p = torch.linspace(offset, 0.5, 2**(bits-1))`
+#   without its last point;
+# - one exact 0;
+# - all divided by the largest level, so that they span $[-1, 1]$ (a block's absmax maps to $\pm 1$).
+#
+# $\Phi^{-1}$ is the inverse CDF of $\mathcal N(0, 1)$: `torch.distributions.Normal(0.0, 1.0).icdf(p)` (or
+# `torch.special.ndtri(p)`). The offset keeps the outermost quantile finite ($\Phi^{-1}(1) = \infty$);
+# QLoRA's 0.9677083 is the mean of $1 - \frac{1}{30}$ and $1 - \frac{1}{32}$. For `bits=4` your levels
+# should be the table bitsandbytes ships, to float32 precision.
+#
+# The next cell checks it on six cases and names the mistake if it recognises it. Stuck? Go on:
+# every cell after it uses qlab's own NF4 (`qlab.codebook.nf4`).
+
+# %%
+def normal_float_levels(bits: int, offset: float = 0.9677083) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    normal, half = torch.distributions.Normal(0.0, 1.0), 2 ** (bits - 1)
+    positive = normal.icdf(torch.linspace(offset, 0.5, half + 1)[:-1])    # descending
+    negative = -normal.icdf(torch.linspace(offset, 0.5, half)[:-1])       # ascending
+    levels = torch.cat([negative, torch.zeros(1), positive.flip(0)])
+    return levels / levels.max()
+    ### END SOLUTION
+
+# %%
+print(check.normal_float_levels(normal_float_levels))
+### BEGIN HIDDEN TESTS
+check.normal_float_levels(normal_float_levels).assert_passed()
+### END HIDDEN TESTS
+
+# %%
+# qlab's NF4 (what the rest of the notebook uses), and the prose above checked
+nf4_levels = format_levels("nf4", 1.0)
+print("NF4:", [round(v, 4) for v in nf4_levels.tolist()])
+assert nf4_levels.numel() == 16 and int((nf4_levels > 0).sum()) == 8 and int((nf4_levels < 0).sum()) == 7
+assert int((nf4_levels == 0).sum()) == 1 and nf4_levels.min() == -1 and nf4_levels.max() == 1
+assert abs(((1 - 1 / 30) + (1 - 1 / 32)) / 2 - 0.9677083) < 1e-7
+assert torch.isinf(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0)))
+
+# %% [markdown]
 # ## Which format wins where
 # SQNR in dB (higher is better) of every sample in every format, one absmax scale per tensor; `*`
 # marks the best format of each bit width (8-bit: int8, fp8; 4-bit: int4, fp4, nf4, pow2).
+#
+# **Predict, then run.** On the gaussian sample, with one scale per tensor, how many dB of SQNR does NF4
+# gain over int4, with the same 4 bits? Put your guess in `prediction`, then run the two cells after it.
+
+# %%
+prediction = None   # your guess, in dB: nf4's SQNR minus int4's, gaussian sample, one scale per tensor
 
 # %%
 per_tensor = score_formats(samples)
 print(format_score_table(per_tensor))
+
+# %%
+sqnr = {(s.distribution, s.format): s.sqnr_db for s in per_tensor}
+print(reveal(prediction, round(sqnr["gaussian", "nf4"] - sqnr["gaussian", "int4"], 1),
+             "nf4 over int4, gaussian sample, one scale per tensor", "dB"))
 
 # %% [markdown]
 # And with one scale per block of 64, as NF4 is used in QLoRA (block absmax, so the block's own

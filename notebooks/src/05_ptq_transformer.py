@@ -45,6 +45,7 @@ import torch
 from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_card, load_model
 from qlab.corpus import calibration_samples, load_corpus
+from qlab.course import check, reveal
 from qlab.evaluate import eval_windows, perplexity_on, unigram_perplexity
 from qlab.lessons.ptq import (BITS, GROUP_SIZES, SCHEMES, describe_model, format_ptq_table, format_samples,
                               format_sweep, plot_rtn, ptq_table, rtn_sweep, rtn_view, static_act_ranges)
@@ -62,6 +63,103 @@ for name, recipe in SCHEMES.items():
     print(f"{name:<22} {recipe.describe()}")
 
 # %% [markdown]
+# ## Exercise: the W8A16 forward
+# A W8A16 layer keeps its weight as int8 codes `codes` of shape (out, in) and one float scale per output
+# channel, `scales` of shape (out,): row $n$ of the weight is row $n$ of the codes times $s_n$. Write
+# `w8a16_linear(x, codes, scales, bias)`, the layer's output for float32 activations `x` (tokens, in):
+# $$y = x\, W^\top + b, \qquad W_{nk} = s_n\, \mathrm{codes}_{nk},$$
+# where `bias` is a tensor (out,) or `None` (no bias). Convert the codes to `x`'s float dtype before
+# the product (`codes.float()`), and mind which axis the scales belong to: the checked shapes are not
+# square.
+#
+# The next cell checks it on six cases. Stuck? Go on: every cell after it uses qlab's own layers.
+
+# %%
+def w8a16_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bias) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    weight = codes.float() * scales[:, None]       # (out, in): one scale per row
+    y = x @ weight.T
+    return y if bias is None else y + bias
+    ### END SOLUTION
+
+# %%
+print(check.w8a16_linear(w8a16_linear))
+### BEGIN HIDDEN TESTS
+check.w8a16_linear(w8a16_linear).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
+# qlab's int8 weight-only layer (the recipe of the `int8 weight-only` row below: 8 bits, one scale per
+# output channel, symmetric) stores exactly these tensors, its codes transposed to (in, out) as the
+# kernels read them (notebook 10); the formula reproduces its output on block 0's `fc`:
+
+# %%
+from qlab.layers.weight_only import WeightOnlyLinear
+
+recipe8 = SCHEMES["int8 weight-only"]
+assert recipe8.bits == 8 and recipe8.group_size is None and recipe8.symmetric
+fc = model.blocks[0].mlp.fc
+layer8 = WeightOnlyLinear.from_float(fc, bits=8, group_size=None, symmetric=True)
+codes8, scales8 = layer8.qweight.T, layer8.scales[0]                   # (out, in) int8, (out,)
+x8 = torch.randn(8, fc.in_features)
+y8 = x8 @ (codes8.float() * scales8[:, None]).T + layer8.bias
+assert codes8.dtype == torch.int8 and codes8.shape == fc.weight.shape and scales8.shape == (fc.out_features,)
+assert torch.allclose(y8, layer8(x8), rtol=1e-5, atol=1e-5)
+print(f"codes {codes8.dtype} {tuple(codes8.shape)}, scales {tuple(scales8.shape)}: "
+      f"the formula gives the layer's output (to float32 rounding)")
+
+# %% [markdown]
+# ## Exercise: two int4 codes in one byte
+# PyTorch has no 4-bit dtype, so int4 codes are stored two per `uint8` byte; that is what makes them
+# take half a byte each. qlab's order (docs/CONTRACTS.md; GPTQ, AutoGPTQ and gpt-fast use the same)
+# puts the code with the even index in the low nibble (bits 0-3) and the next one in the high nibble
+# (bits 4-7):
+# $$\mathrm{byte}_j = c_{2j} + 16\, c_{2j+1} = c_{2j} \mid (c_{2j+1} \ll 4).$$
+# For example the codes `[3, 10]` make the one byte $3 + 16 \cdot 10 = 163$ (`0xA3`).
+#
+# Write `pack_int4(codes)`: unsigned codes 0..15 (`uint8`) along the last dim, of even length, to the
+# `uint8` bytes (..., K/2); and its inverse `unpack_int4(packed)`: bytes (..., B) to the codes
+# (..., 2B), `uint8`, the low nibble `byte & 0x0F` first, then the high one `byte >> 4`. Slices
+# (`codes[..., 0::2]`), shifts (`<<`, `>>`) and masks (`&`, `|`) work on integer tensors.
+
+# %%
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+    ### END SOLUTION
+
+# %%
+print(check.pack_int4(pack_int4))
+### BEGIN HIDDEN TESTS
+check.pack_int4(pack_int4).assert_passed()
+### END HIDDEN TESTS
+
+# %%
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack((low, high), dim=-1).flatten(-2)    # interleave: low_0, high_0, low_1, ...
+    ### END SOLUTION
+
+# %%
+print(check.unpack_int4(unpack_int4))
+### BEGIN HIDDEN TESTS
+check.unpack_int4(unpack_int4).assert_passed()
+### END HIDDEN TESTS
+
+# %%
+# qlab's packing (what the 4-bit layers store), and the prose above checked
+from qlab import packing
+
+assert packing.pack(torch.tensor([3, 10], dtype=torch.uint8), 4).tolist() == [163] == [0xA3]
+codes4 = torch.randint(0, 16, (4, 256), dtype=torch.uint8)
+packed4 = packing.pack(codes4, 4)
+print(f"codes {tuple(codes4.shape)} -> bytes {tuple(packed4.shape)} {packed4.dtype}: "
+      f"{packed4.numel() / codes4.numel()} byte per code")
+assert packed4.dtype == torch.uint8 and packed4.numel() * 2 == codes4.numel()
+assert torch.equal(packing.unpack(packed4, 4), codes4)
+
+# %% [markdown]
 # ## Four schemes, one table
 # Size is everything the model stores (fp32 embeddings and head included; the quantized layers keep
 # their scales in fp32 here). This is the project's one size convention, used by every later
@@ -70,6 +168,12 @@ for name, recipe in SCHEMES.items():
 # $4 + 64/128 = 4.50$ bits per weight (4.25 with fp16 ones, as many checkpoints store them); widths
 # that do not pack into bytes (5 to 7 bits) are stored as 8-bit codes. Static W8A8 takes each layer's activation range from 32 calibration
 # sequences (MinMax).
+#
+# **Predict, then run.** How much does the int4 weight-only model (groups of 128) raise the perplexity,
+# in percent of the float model's? Put your guess in `prediction`; the answer comes a few cells down.
+
+# %%
+prediction = None   # your guess, in %: int4 weight-only g128's perplexity over float's, minus 100
 
 # %%
 ranges = static_act_ranges(model, calib)
@@ -94,7 +198,11 @@ change = {r.name: 100 * (r.perplexity / rows[0].perplexity - 1) for r in rows}
 assert abs(change["int8 weight-only"]) < 0.1 and 0 < change["int4 weight-only g128"] < 2
 assert max(change["W8A8 dynamic"], change["W8A8 static"]) < 0.3
 print({k: round(v, 2) for k, v in change.items()})
-#
+
+# %%
+print(reveal(prediction, round(change["int4 weight-only g128"], 2), "int4 weight-only g128 perplexity change", "%"))
+
+# %% [markdown]
 # ## Fewer bits, smaller groups
 # RTN at every bit width from 2 to 8, with one scale per group of 128 inputs or per output channel.
 # The x axis counts what a deployed checkpoint stores per weight: the codes plus an fp16 scale and

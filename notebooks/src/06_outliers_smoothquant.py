@@ -37,6 +37,7 @@ from qlab.lessons import setup_notebook
 from qlab import capture_activations, format_outlier_table, outlier_report
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
+from qlab.course import check, reveal
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.phenomena import format_recoveries
 from qlab.outliers import outlier_twin
@@ -134,7 +135,55 @@ print(format_int8_table(int8_rows, layer, twin_ppl))
 # columns is in the table) and the layer's error falls by orders of magnitude; $\tau = 4$ sends more
 # columns to float for little more. Vector-wise int8 (per token) already copes better than a single
 # per-tensor scale would: the next sections use static per-tensor scales, where outliers hurt most.
+
+# %% [markdown]
+# ## Exercise: SmoothQuant's factors
+# Write `smooth_factors(act_absmax, weight, alpha)`: the factor $s_j$ of every input channel $j$ of one
+# linear layer, from `act_absmax` (in,), the largest $|x|$ of each input channel over the calibration
+# tokens, the layer's `weight` (out, in) and `alpha`, a float in $[0, 1]$:
+# $$s_j = \frac{\max|X_j|^{\alpha}}{\big(\max_i |W_{ij}|\big)^{1-\alpha}},$$
+# where $\max_i |W_{ij}|$ is the largest |weight| of input column $j$, over all outputs $i$. As the
+# reference code does (mit-han-lab/smoothquant, `smooth.py`), clamp $\max_i |W_{ij}|$ at $10^{-5}$
+# before the power and $s$ at $10^{-5}$ at the end: unclamped, an all-zero weight column would get
+# $s_j = \infty$ and a channel that is always 0 would get $s_j = 0$ (its activations divided by 0).
+# Return a tensor of shape (in,).
 #
+# The next cell checks it on seven cases, a dead channel and an all-zero column among them. Stuck?
+# Go on: every cell after it uses qlab's `smoothing_scales`.
+
+# %%
+def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    weight_absmax = weight.abs().amax(dim=0).clamp(min=1e-5)     # (in,): max over the output rows
+    return (act_absmax ** alpha / weight_absmax ** (1 - alpha)).clamp(min=1e-5)
+    ### END SOLUTION
+
+# %%
+print(check.smooth_factors(smooth_factors))
+### BEGIN HIDDEN TESTS
+check.smooth_factors(smooth_factors).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
+# qlab's factors (`qlab.algorithms.smoothquant.smoothing_scales`) for the twin's layer above, at
+# $\alpha = 0.5$: the three outlier channels get by far the largest factors, more than five times any
+# other channel's, so their activations shrink the most.
+
+# %%
+from qlab.algorithms.smoothquant import smoothing_scales
+
+unclamped = torch.tensor([1.0, 0.0]) ** 0.5 / torch.tensor([0.0, 1.0]) ** 0.5   # a zero column, a dead channel
+assert torch.isinf(unclamped[0]) and unclamped[1] == 0                          # the prose above, checked
+layer_weight = twin.get_submodule(layer).weight.detach()                        # (out, in)
+factors = smoothing_scales(twin_stats[layer].absmax.float(), layer_weight.abs().amax(dim=0), 0.5)
+others = torch.ones_like(factors, dtype=torch.bool)
+others[list(channels)] = False
+print(f"{layer}, alpha 0.5: outlier channels {list(channels)} get s = "
+      f"{[round(float(factors[c]), 1) for c in channels]}; the other channels at most {float(factors[others].max()):.1f}, "
+      f"median {float(factors.median()):.1f}")
+assert float(factors[list(channels)].min()) > 5 * float(factors[others].max())
+
+# %% [markdown]
 # ## SmoothQuant: the alpha slider
 # SmoothQuant scales the groups of linears behind one LayerNorm (`ln_1 -> q, k, v`, `ln_2 -> fc`).
 # Take the group whose input has the most uneven channels, its statistics over all calibration
@@ -171,7 +220,13 @@ def show(alpha):
 # Naive W8A8 (no smoothing) against SmoothQuant W8A8 (`qlab.algorithms.smoothquant_quantize_model`:
 # smooth every LayerNorm group, fold, then every linear but `lm_head` to `W8A8Linear`), with
 # static per-tensor or dynamic per-token activations, at two $\alpha$; first the twin, then the
-# trained model:
+# trained model.
+#
+# **Predict, then run.** On the twin, by how many percent does naive W8A8 with static per-tensor
+# activations raise the perplexity? Put your guess in `prediction`, then run the cells after it.
+
+# %%
+prediction = None   # your guess, in %: naive per-tensor W8A8's perplexity over the twin's float one, minus 100
 
 # %%
 sq_rows = smoothquant_table(twin, calib, windows, alphas=(0.5, 0.8))
@@ -183,6 +238,10 @@ print()
 print(format_recoveries(twin_ppl, naive_pt.result, "naive W8A8 per-tensor (twin)", {
     "SmoothQuant a=0.5 per-tensor": next(r.result for r in sq_rows if r.alpha == 0.5 and r.act == "per_tensor"),
     "LLM.int8() tau=6": int8_at_6.result}))
+
+# %%
+naive_change = 100 * (naive_pt.result.perplexity / twin_ppl.perplexity - 1)
+print(reveal(prediction, round(naive_change, 1), "naive per-tensor W8A8 on the twin, perplexity change", "%"))
 
 # %%
 print("trained model")

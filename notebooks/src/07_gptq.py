@@ -30,6 +30,7 @@ import torch
 from qlab.lessons import setup_notebook
 from qlab.algorithms import gptq_quantize_model
 from qlab.checkpoint import load_model
+from qlab.course import check, reveal
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.phenomena import format_recoveries
@@ -90,9 +91,21 @@ def show(column):
 # ## GPTQ against round-to-nearest, layer by layer
 # Relative output error $\lVert X (W - \hat W)^\top \rVert^2 / \lVert X W^\top \rVert^2
 # = \mathrm{tr}(E H E^\top) / \mathrm{tr}(W H W^\top)$, each layer on the float model's inputs, 3-bit g128.
+#
+# **Predict, then run.** On `blocks.0.mlp.fc`, the layer above, what share of round-to-nearest's output
+# error will GPTQ leave (GPTQ's error divided by RTN's; 1 = no better)? Put your guess in `prediction`,
+# then run the two cells after it.
 
 # %%
-print(format_layer_errors(layer_errors(hessians, SPEC)))
+prediction = None   # your guess, a ratio: GPTQ's output error / RTN's on blocks.0.mlp.fc
+
+# %%
+errors = layer_errors(hessians, SPEC)
+print(format_layer_errors(errors))
+
+# %%
+fc_row = next(r for r in errors if r.layer == layer)
+print(reveal(prediction, round(fc_row.gptq_error / fc_row.rtn_error, 2), f"GPTQ / RTN output error on {layer}"))
 
 # %% [markdown]
 # ## The naive loop and the fast one agree
@@ -106,10 +119,65 @@ print(format_layer_errors(layer_errors(hessians, SPEC)))
 print(naive_vs_lazy(W, H, SPEC).summary())
 
 # %% [markdown]
+# ## Exercise: the GPTQ loop
+# Write `gptq_quantize(W, H, quantize_column, damp=0.01)`: GPTQ of a weight `W` (N, K) with the Hessian
+# `H` (K, K) of its inputs, left to right, with the Cholesky rows of `gptq` (one block: no lazy batches,
+# which change only the order of the sums). Work on copies (`W.clone()`, `H.clone()`), in their dtype:
+#
+# 1. **Dead inputs.** Where `H[k, k] == 0` (input $k$ is always 0), set `H[k, k] = 1` and `W[:, k] = 0`:
+#    those weights cannot matter, and H becomes invertible.
+# 2. **Dampening.** Then add `damp * mean(diag(H))` to the diagonal of `H` (1% of the average input
+#    energy by default): a nearly singular $H$ would otherwise give huge, useless corrections. (qlab, like
+#    the reference, raises `damp` ten-fold if the factorisation still fails; not needed here.)
+# 3. **Cholesky.** `U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)`: the upper triangular
+#    $U$ with $H^{-1} = U^\top U$. Row $j$ of $U$ is row $j$ of the inverse Hessian *after* columns
+#    $0..j-1$ were eliminated, divided by the square root of its diagonal entry, so the update
+#    above becomes
+#    $e = (w_j - q_j) / U_{jj}$ and $W_{:, j+1:} \mathrel{-}= e\, U_{j, j+1:}$, with no $H^{-1}$ update at all.
+# 4. **The loop.** For each column $j$: `q = quantize_column(W[:, j], j)` (the column's values on the grid:
+#    one scale and zero point per row, fixed before the loop from the weights with dead columns zeroed,
+#    as `gptq` does per channel; the checker hands it over), keep it in `Q[:, j]`, then feed its error
+#    to the columns to its right: `err = (W[:, j] - q) / U[j, j]` and
+#    `W[:, j+1:] -= err[:, None] * U[j, j+1:][None, :]`.
+#
+# Return `Q` (N, K). The next cell checks it against `qlab.algorithms.gptq.gptq` on seven small problems in
+# float64 (an ill-conditioned $H$, dead inputs, a single row, a single column) and names the mistake if it
+# recognises it. Stuck? Go on: every cell after it uses qlab's own GPTQ.
+
+# %%
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, quantize_column, damp: float = 0.01) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    W, H = W.clone(), H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    Q = torch.zeros_like(W)
+    for j in range(W.shape[1]):
+        Q[:, j] = quantize_column(W[:, j], j)
+        err = (W[:, j] - Q[:, j]) / U[j, j]
+        W[:, j + 1:] -= err[:, None] * U[j, j + 1:][None, :]
+    return Q
+    ### END SOLUTION
+
+# %%
+print(check.gptq_quantize(gptq_quantize))
+### BEGIN HIDDEN TESTS
+check.gptq_quantize(gptq_quantize).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## The whole model
 # `gptq_quantize_model` runs GPTQ block by block: each block is calibrated on the outputs of the
 # blocks already quantized, and inside a block the linears in the order they run, so each layer also
 # compensates the error of the ones before it (16 calibration sequences here, to keep it quick).
+#
+# **Predict, then run.** 3-bit rounding raises the perplexity by some amount; what share of that loss
+# will GPTQ win back (0% = no better than rounding, 100% = as good as float)?
+
+# %%
+prediction = None   # your guess, in %: the share of int3 RTN's perplexity loss that GPTQ wins back
 
 # %%
 rtn = quantize_model(model, QuantRecipe("weight_only", bits=SPEC[0], group_size=SPEC[1]))
@@ -121,6 +189,9 @@ for name, r in res.items():
 print(format_recoveries(res["float"], res["RTN int3 g128"], "RTN int3 g128", {"GPTQ": res["GPTQ int3 g128"]}))
 gptq_wins = recovery(*(res[k].window_nll for k in ("float", "RTN int3 g128", "GPTQ int3 g128")))
 assert gptq_wins.value > 0.5 and gptq_wins.interval.low > 0, gptq_wins   # the prose below
+
+# %%
+print(reveal(prediction, round(100 * gptq_wins.value, 1), "share of int3 RTN's perplexity loss GPTQ wins back", "%"))
 
 # %% [markdown]
 # GPTQ wins back more than half of the perplexity that 3-bit rounding costs (point estimate above,

@@ -37,6 +37,7 @@ from qlab.lessons import setup_notebook
 from qlab import capture_activations
 from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples, load_corpus
+from qlab.course import check, reveal
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.awq_search import (awq_table, clip_summary, format_awq_table, format_clip_summary,
                                      format_salient_table, format_scale_searches, plot_clip_ratios, plot_scale_curves,
@@ -62,7 +63,12 @@ print(f"float perplexity {perplexity_cell(float_ppl)}; outlier twin (channels {c
 # Every linear of the blocks rounded to 3 bits, except 1% of its input channels (3 of 256, 10 of
 # 1024) kept in float, chosen four ways. The statistic $\overline{|x_j|}$ comes from one pass over
 # the calibration set; the layer error is measured on 1024 captured input rows of one layer.
-# Predict first: on which model will the "activation" row help more?
+#
+# **Predict, then run.** On which model will keeping the 1% of channels with the largest activations
+# in float help more, the trained model or its outlier twin?
+
+# %%
+prediction = None   # your guess: "trained" or "twin"
 
 # %%
 def salient(m, ref):
@@ -98,17 +104,30 @@ trained_act = win(salient_trained, "activation", float_ppl)
 assert twin_act > 0.3 and twin_act > 3 * max(twin_rand, 0) and twin_act > trained_act, (twin_act, twin_rand)
 print(f"twin: salient 1% wins back {100 * twin_act:.0f}%, random 1% {100 * twin_rand:.0f}%; "
       f"trained model: salient 1% {100 * trained_act:.0f}%")
-#
+print(reveal(prediction, "twin" if twin_act > trained_act else "trained",
+             "the model where 1% salient channels in float help more"))
+
+# %% [markdown]
 # ## The scale search of one group
 # Block 0's first LayerNorm feeds q, k and v; their weights are scaled together. For every exponent
 # $r$ the loss is the MSE of the three outputs over all 8192 calibration tokens, computed exactly as
 # `qlab.algorithms.awq.search_scales` does ($\mathrm{tr}(E\, X^\top X E^\top)$ with $E = W - Q(Ws)/s$).
+#
+# **Predict, then run.** At $r = 0$ every $s_j = 1$ (plain rounding); at $r = 1$, $s$ is proportional to
+# $\overline{|x|}$. The twin has 3 LayerNorm channels 12 times larger than the rest: which exponent
+# will the search choose for its q, k, v?
+
+# %%
+prediction = None   # your guess: an exponent r in [0, 0.95]
 
 # %%
 x = layer_input(twin, "blocks.0.attn.q", calib, batch_size=8)
 qkv = torch.cat([twin.get_submodule(f"blocks.0.attn.{n}").weight for n in "qkv"]).detach()
 search = scale_search(x, qkv, BITS, GROUP)
 print(scale_view(search, float(search.ratios[search.best_index])).summary())
+
+# %%
+print(reveal(prediction, float(search.ratios[search.best_index]), "best exponent r for blocks.0.ln_1 -> q, k, v"))
 
 # %% [markdown]
 # Move $r$: at $r = 0$ every $s_j = 1$ (plain rounding); as $r$ grows, the channels with large
@@ -123,6 +142,46 @@ def show(r):
     plot_scale_view(view, search, "blocks.0.ln_1 -> q, k, v")
     plt.show()
     print(view.summary())
+
+# %% [markdown]
+# ## Exercise: the exponent search
+# Write `awq_search(W, X, quantize, n_grid=20)`, the search above for one group: `W` (N, K) the group's
+# weights, `X` (M, K) the M calibration rows they read, `quantize(w)` the weight quantizer (per-group
+# round-to-nearest of an (N, K) tensor, handed over by the checker). Return `(best_r, losses)`:
+#
+# 1. `x_stat = X.abs().mean(0)`: the mean $|x|$ of each input channel (K,).
+# 2. For each exponent `r = i / n_grid`, `i = 0, 1, ..., n_grid - 1` (0 included, 1 not, as llm-awq):
+#    `s = (x_stat ** r).clamp(min=1e-4)` (a channel that is always 0 must not get the scale 0), then
+#    normalise it, `s = s / (s.max() * s.min()).sqrt()`, as llm-awq does (any constant factor of $s$ cancels
+#    in $Q(Ws)/s$ up to rounding; this keeps $s$ around 1).
+# 3. Its loss: the output MSE `((X @ W.T - (X / s) @ quantize(W * s).T) ** 2).mean()`: the layer computes
+#    with the scaled, quantized weights and the input divided by $s$ (in the model, $1/s$ is folded into
+#    the LayerNorm).
+# 4. `losses`: a tensor of the `n_grid` losses; `best_r`: the `r` of the smallest (the first, on a tie).
+#
+# The next cell checks it against `qlab.lessons.awq_search.scale_search` on five small problems (outlier
+# channels, none, a dead channel, 2 to 4 bits) and names the mistake if it recognises it. Stuck? Go on:
+# every cell after it uses qlab's own search.
+
+# %%
+def awq_search(W: torch.Tensor, X: torch.Tensor, quantize, n_grid: int = 20) -> tuple[float, torch.Tensor]:
+    ### BEGIN SOLUTION
+    x_stat = X.abs().mean(0)
+    ratios = [i / n_grid for i in range(n_grid)]
+    losses = []
+    for r in ratios:
+        s = (x_stat ** r).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        losses.append(((X @ W.T - (X / s) @ quantize(W * s).T) ** 2).mean())
+    losses = torch.stack(losses)
+    return ratios[int(torch.argmin(losses))], losses
+    ### END SOLUTION
+
+# %%
+print(check.awq_search(awq_search))
+### BEGIN HIDDEN TESTS
+check.awq_search(awq_search).assert_passed()
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ## The whole model

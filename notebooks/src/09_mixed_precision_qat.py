@@ -28,6 +28,7 @@ import torch
 from qlab.lessons import setup_notebook
 from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.checkpoint import load_model
+from qlab.course import check, reveal
 from qlab.evaluate import perplexity
 from qlab.stats import change_cell, perplexity_cell
 from qlab.layers.swap import QuantRecipe
@@ -150,9 +151,54 @@ def show(budget):
 # further and learns $s$ by gradient descent too; `qlab.algorithms.qat` recomputes $s, z$ from the
 # weights at each step.
 #
+# ## Exercise: the straight-through estimator
+# Write the rounding at the heart of it as a `torch.autograd.Function`: a class with two static methods,
+# `forward(ctx, x)`, what `RoundSTE.apply(x)` computes, and `backward(ctx, grad_output)`, which receives
+# $\partial L / \partial y$ for the output $y$ and returns $\partial L / \partial x$.
+#
+# * `forward`: `torch.round(x)` (halves go to the even neighbour, $2.5 \to 2$, as qlab's quantizer and
+#   torch's `fake_quantize` round).
+# * `backward`: the straight-through estimator pretends $\partial\, \mathrm{round}(x) / \partial x = 1$, so it
+#   returns the incoming gradient unchanged, everywhere. (qlab's QAT uses exactly this, its `ste="plain"`;
+#   `ste="clipped"` would also zero the gradient where the quantizer's clamp saturates, but plain
+#   rounding has no clamp.)
+#
+# The next cell calls `RoundSTE.apply(x)` on six inputs, runs `backward` with a given upstream gradient,
+# and compares the output and `x.grad` with qlab's (`fake_quantize` on a grid of step 1); it names the
+# mistake if it recognises it. Pass the class itself, `RoundSTE`. Stuck? Go on: the training below uses
+# qlab's own fake quantizer.
+
+# %%
+class RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        return torch.round(x)
+        ### END SOLUTION
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        return grad_output
+        ### END SOLUTION
+
+# %%
+print(check.round_ste(RoundSTE))
+### BEGIN HIDDEN TESTS
+check.round_ste(RoundSTE).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## QAT, a short run
 # A short run here: 2-bit weights (groups of 128), where RTN loses the most, a few dozen steps of 4
 # windows of 256 bytes. At every step, the QAT model (before its update), the RTN model and the float
 # model are scored on the same batch, so the noise of the batches cancels in the comparison.
+#
+# **Predict, then run.** Uniform 2-bit RTN costs the perplexity change printed in section 2. After 60
+# steps of QAT, what will the change against float be?
+
+# %%
+prediction = None   # your guess, in %: QAT int2's perplexity change against float
 
 # %%
 curve = qat_curve(model, QuantRecipe(bits=2, group_size=128), steps=60, lr=3e-4, batch_size=4,
@@ -160,6 +206,10 @@ curve = qat_curve(model, QuantRecipe(bits=2, group_size=128), steps=60, lr=3e-4,
 print(curve.summary())
 plot_qat(curve)
 plt.show()
+
+# %%
+print(reveal(prediction, round(100 * (curve.qat_perplexity / float_ppl - 1), 1),
+             "QAT int2 g128 after 60 steps, perplexity against float", "%"))
 
 # %% [markdown]
 # In 60 steps (61 440 bytes of text, 0.3% of the 20 million bytes the model was trained on), QAT

@@ -43,6 +43,7 @@ if not torch.cuda.is_available():
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from qlab.course import check, reveal
 from qlab.lessons import setup_notebook
 from qlab.kernels.bench import REFERENCE_DEVICE as H200
 from qlab.lessons.kernels_speed import (KINDS, check_kernels, cpu_timing, crossover_m, find_gpu_results,
@@ -56,14 +57,74 @@ for kind in ("fp16", "w8a8"):
     print(f"ridge point I* for {kind}: {ridge_point(kind):.0f} flops / byte")
 
 # %% [markdown]
+# ## Exercise: bytes moved and arithmetic intensity
+# Write `layer_traffic(kind, M, N, K)`: for one product $y = x W^\top$, $x$ of shape $(M, K)$ and $W$ of
+# shape $(N, K)$, return the tuple `(bytes, flops_per_byte)`: the bytes it must move at least, and its
+# arithmetic intensity $I$ = flops / bytes, for `kind` one of `"fp16"`, `"w8a16"`, `"w4a16"`, `"w8a8"`.
+# Count as the table above does:
+#
+# * the **weights**: 2 bytes each in fp16, 1 as int8 codes, half a byte as int4 codes (two to a byte);
+# * their **scales**: W8A16 one fp16 per output channel ($N$ of them), W4A16 one fp16 per group of
+#   $G = 128$ weights ($NK/G$), W8A8 one fp32 (4 bytes) per output channel;
+# * the **activations**, read once: fp16, except W8A8's int8 codes plus one fp32 scale per token (row);
+# * the **output**, written once: $M \times N$ values in fp16 (bf16 for W8A8), for every kind;
+# * a multiply-add is two flops: flops $= 2MNK$.
+#
+# The next cell checks it on twelve layers (every kind at $M$ = 1, 16 and 4096, with $N \ne K$) and names
+# the mistake if it recognises it. Stuck? Go on: every cell after it uses qlab's own
+# `qlab.kernels.bench.problem_bytes`.
+
+# %%
+def layer_traffic(kind: str, M: int, N: int, K: int) -> tuple[float, float]:
+    ### BEGIN SOLUTION
+    G = 128
+    weights = {"fp16": 2 * N * K,                     # fp16 weights
+               "w8a16": N * K + 2 * N,                # int8 codes + an fp16 scale per output channel
+               "w4a16": N * K / 2 + 2 * N * K / G,    # int4 codes + an fp16 scale per group of G
+               "w8a8": N * K + 4 * N}[kind]           # int8 codes + an fp32 scale per output channel
+    activations = M * K + 4 * M if kind == "w8a8" else 2 * M * K
+    nbytes = weights + activations + 2 * M * N
+    return nbytes, 2 * M * N * K / nbytes
+    ### END SOLUTION
+
+# %%
+print(check.layer_traffic(layer_traffic))
+### BEGIN HIDDEN TESTS
+check.layer_traffic(layer_traffic).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## Intensity against M
 # A large layer of an 8B model, $N \times K = 8192 \times 8192$. For each kind, the intensity and the
 # ideal speedup over fp16 (the ratio of roofline times; W8A8 against bf16), and the first $M$ at which
-# each kind becomes compute-bound:
+# each kind becomes compute-bound.
+#
+# **Predict, then run.** From which $M$ is the fp16 product compute-bound on this layer? Hint: while $M$
+# is much smaller than $N$ and $K$, the weights dominate the bytes; write the fp16 intensity for that case
+# and compare it with the ridge point printed above. Put your guess in `prediction`, then run the two
+# cells after it.
+
+# %%
+prediction = None   # your guess, in rows of x (tokens in flight): the first M at which fp16 is compute-bound
 
 # %%
 view = roofline_view(8192, 8192)
 print(view.table(m_values=(1, 4, 16, 64, 128, 512, 4096)))
+
+# %%
+print(reveal(prediction, view.crossover["fp16"], "the first M at which fp16 is compute-bound (8192 x 8192)"))
+
+# %% [markdown]
+# In fp16, $I = 2MNK / (2NK + 2MK + 2MN) \approx M$ while the weights dominate, so fp16 reaches the ridge
+# point near $M \approx I^*$ = 206; the activations and the output add bytes as $M$ grows, which pushes
+# the crossing a few percent further.
+
+# %%
+# the prose above, checked: I ~ M at small M; the crossing within 10% above the ridge point
+from qlab.lessons.kernels_speed import arithmetic_intensity
+
+assert all(abs(arithmetic_intensity("fp16", m, 8192, 8192) / m - 1) < 0.02 for m in (1, 4, 16, 64))
+assert f"{ridge_point('fp16'):.0f}" == "206" and ridge_point("fp16") < view.crossover["fp16"] < 1.1 * ridge_point("fp16")
 
 # %%
 # the introduction, checked on this layer: the bytes of its table (G = 128); at small M the weights dominate, the
@@ -194,8 +255,8 @@ with dispatch.force_triton():
 # %%
 if dispatch.TRITON_MISSING is None:
     checks = check_kernels(shapes=((1, 64, 256), (16, 64, 256)), group_size=64)
-    for check in checks:
-        print(check)
+    for kernel_check in checks:
+        print(kernel_check)
 else:  # macOS, Windows, or a CPU-only image: the roofline above needs no Triton, the kernels do
     print(f"The Triton part is skipped: {dispatch.TRITON_MISSING}")
 
@@ -207,8 +268,9 @@ if dispatch.TRITON_MISSING is None:
 
     assert all([mod.choose_path(m) for m in (1, 2, 64, 65)] == ["gemv", "splitk", "splitk", "tiled"]
                for mod in (w4a16, w8a16))
-    for check in checks:
-        assert check.max_rel_err <= torch.finfo(torch.bfloat16 if check.kernel == "w8a8" else torch.float16).eps, check
+    for kernel_check in checks:
+        assert kernel_check.max_rel_err <= torch.finfo(torch.bfloat16 if kernel_check.kernel == "w8a8"
+                                                       else torch.float16).eps, kernel_check
 
 # %% [markdown]
 # ## Measured on a GPU

@@ -31,6 +31,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
+from qlab.course import check, reveal
 from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_recipe, plot_pick
@@ -48,12 +49,54 @@ print(board.label)
 print(scoreboard(rows))
 
 # %% [markdown]
+# ## Exercise: the Pareto front
+# Write `pareto_indices(points)`: `points` is a list of `(size, perplexity)` pairs; return the indices of
+# the points on the Pareto front, those no other point dominates, as a list sorted by size (smallest
+# first). A point $q$ dominates $p$ when it is no larger and no worse, and strictly better in one:
+# $\mathrm{size}(q) \le \mathrm{size}(p)$ and $\mathrm{ppl}(q) \le \mathrm{ppl}(p)$, with at least one of
+# the two strict. So two identical points do not dominate each other: when one is on the front, both
+# are (list them in index order). This is the plain front, `pareto_front(rows)`, without error bars.
+#
+# The next cell checks it on eleven sets of points (a single point, ties in size, ties in perplexity,
+# exact duplicates, random sets) and names the mistake if it recognises it. Stuck? Go on: every cell
+# after it uses qlab's own `pareto_front`.
+
+# %%
+def pareto_indices(points: list[tuple[float, float]]) -> list[int]:
+    ### BEGIN SOLUTION
+    def dominates(q, p):
+        return q[0] <= p[0] and q[1] <= p[1] and (q[0] < p[0] or q[1] < p[1])
+
+    front = [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda i: points[i][0])       # a stable sort: equal sizes stay in index order
+    ### END SOLUTION
+
+# %%
+print(check.pareto_indices(pareto_indices))
+### BEGIN HIDDEN TESTS
+check.pareto_indices(pareto_indices).assert_passed()
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## Size against perplexity
 # One point per method with its 95% interval (red: on the Pareto front).
+#
+# **Predict, then run.** Three methods store exactly the same 2.61 MB: round-to-nearest, GPTQ and AWQ at
+# int4 with groups of 128. Which one will sit on the (plain) front? Put your guess in `prediction`, then
+# run the two cells after it.
+
+# %%
+prediction = None   # your guess, a method: "rtn", "gptq" or "awq"
 
 # %%
 plot_pick(rows, title=f"Every method on the shipped model ({rows[0].eval_mode} test split)")
 plt.show()
+
+# %%
+int4 = [r for r in rows if short_label(r) in ("rtn w4 g128", "gptq w4 g128", "awq w4 g128")]
+on_front = [r.method for r in pareto_front(rows) if any(r is x for x in int4)]
+assert len({r.size_mb for r in int4}) == 1 and len(on_front) == 1, (int4, on_front)   # one size, one winner
+print(reveal(prediction, on_front[0], f"on the front at {int4[0].size_mb:.2f} MB (int4 g128)"))
 
 # %% [markdown]
 # The front with "better" meaning *significantly* better (paired interval excludes zero), and the rows
