@@ -46,7 +46,8 @@ test: install
 	$(VENV)/bin/qlab info
 	bash tools/install_browser.sh
 	$(PY) -m pytest tests -q
-	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider
+	# two notebooks at a time (pytest-xdist, one notebook per worker): each kernel runs torch on one thread
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 
 # The student edition and the nbgrader course (README: "For instructors"), in build/course/.
 student: install
