@@ -80,89 +80,31 @@ def _cases() -> list[Case]:
 # ----------------------------------------------------------------------------- mistakes
 
 
-class _ZeroGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
+def _function(forward, backward) -> type:
+    """A wrong RoundSTE: ``forward(x)`` and ``backward(x, grad_output)`` (x saved for it)."""
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        return torch.zeros_like(grad_output)
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return forward(x)
 
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            return backward(x, grad_output)
 
-class _NoneGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return None
+    return Wrong
 
 
-class _Ones(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return torch.ones_like(grad_output)
-
-
-class _TimesRounded(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.round(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (y,) = ctx.saved_tensors
-        return grad_output * y
-
-
-class _Identity(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
-
-
-class _HalfUp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.floor(x + 0.5)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
-
-
-class _Truncated(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.trunc(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output
-
-
-class _Clipped(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return grad_output * (x.abs() <= 1)
+_ZeroGrad = _function(torch.round, lambda x, g: torch.zeros_like(g))
+_NoneGrad = _function(torch.round, lambda x, g: None)
+_Ones = _function(torch.round, lambda x, g: torch.ones_like(g))
+_TimesRounded = _function(torch.round, lambda x, g: g * torch.round(x))
+_Identity = _function(torch.clone, lambda x, g: g)
+_HalfUp = _function(lambda x: torch.floor(x + 0.5), lambda x, g: g)
+_Truncated = _function(torch.trunc, lambda x, g: g)
+_Clipped = _function(torch.round, lambda x, g: g * (x.abs() <= 1))
 
 
 EXERCISES = (
