@@ -47,24 +47,34 @@ PATHS = ("gemv", "splitk", "tiled")
 def _gemv_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:  # one small config: the interpreter is slow, and tuning it is moot
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 2})]
-    tiles = [(64, 32), (64, 64), (64, 128), (64, 256), (128, 32), (128, 64), (128, 128)]  # (BLOCK_N, BLOCK_K)
+    # (BLOCK_N, BLOCK_K, SPLIT_K). A (BLOCK_K // 2, BLOCK_N) fp32 partial sum lives in registers: 128 x 128
+    # took 205-245 registers (few warps per SM for a memory-bound kernel), so tiles stay <= 8192 values
+    # (63-128 registers); BLOCK_K <= 128 divides G = 128. SPLIT_K spreads the K loop over more SMs.
+    tiles = [(64, 64, 4), (64, 64, 16), (64, 128, 8), (128, 32, 8), (128, 64, 4), (128, 64, 16)]
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=4, num_stages=2)
-            for bn, bk in tiles for sk in (2, 4, 8, 16)]
+            for bn, bk, sk in tiles]
 
 
 def _splitk_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 2})]
+    # (BLOCK_N, BLOCK_K, SPLIT_K). BLOCK_N = 256 with BLOCK_K >= 64 spilled on sm_90 with bf16 (its
+    # dequantization runs in fp32), so the 256-wide tile keeps BLOCK_K = 32.
+    tiles = [(64, 64, 4), (64, 128, 4), (64, 128, 8), (128, 64, 4), (128, 64, 8), (256, 32, 8)]
     return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
                           num_warps=4, num_stages=3 if bn == 256 else 4)
-            for bn in (64, 128, 256) for bk in (32, 64, 128) for sk in (2, 4, 8)]
+            for bn, bk, sk in tiles]
 
 
 def _tiled_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 1})]
-    tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (64, 256, 64, 4, 4), (128, 256, 32, 8, 3),
-             (128, 128, 32, 4, 4), (64, 128, 32, 4, 4)]  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+    # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). The large tiles keep BLOCK_K = 32: with BLOCK_K = 64,
+    # 128 x 256 and 64 x 256 spilled kilobytes on sm_80, and 128 x 256 also on sm_90 with bf16 (whose
+    # dequantization runs in fp32). 128 x 256 x 32 uses all 255 registers on sm_80 without spilling;
+    # 256 x 128 x 32 needs 204-230 (python -m qlab.kernels.native prints them).
+    tiles = [(128, 256, 32, 8, 3), (256, 128, 32, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+             (64, 128, 32, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": 1},
                           num_warps=w, num_stages=s) for bm, bn, bk, w, s in tiles]
 

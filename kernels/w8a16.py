@@ -38,23 +38,29 @@ PATHS = ("gemv", "splitk", "tiled")
 def _gemv_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:  # one small config: the interpreter is slow
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 2})]
+    # (BLOCK_N, BLOCK_K, SPLIT_K): 40-95 registers each; SPLIT_K spreads the K loop over more SMs.
+    tiles = [(64, 64, 4), (64, 64, 8), (64, 64, 16), (128, 32, 8), (128, 64, 4), (128, 64, 16)]
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=4, num_stages=3)
-            for bn in (64, 128) for bk in (32, 64) for sk in (2, 4, 8, 16)]
+            for bn, bk, sk in tiles]
 
 
 def _splitk_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 2})]
+    # (BLOCK_N, BLOCK_K, SPLIT_K, stages). With bf16, BLOCK_N = 128 spilled (x 64 with 3-4 stages on
+    # sm_80, x 128 on sm_90: int8 -> bf16 goes through fp32); with 2 stages 128 x 64 fits everywhere.
+    tiles = [(64, 64, 1, 4), (64, 64, 4, 4), (64, 128, 2, 4), (64, 128, 8, 4), (128, 64, 2, 2), (128, 64, 8, 2)]
     return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
-                          num_warps=4, num_stages=4)
-            for bn in (64, 128) for bk in (64, 128) for sk in (1, 2, 4, 8)]
+                          num_warps=4, num_stages=s)
+            for bn, bk, sk, s in tiles]
 
 
 def _tiled_configs() -> list[triton.Config]:
     if triton.knobs.runtime.interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 1})]
-    tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (64, 256, 64, 4, 4), (128, 128, 128, 8, 3),
-             (64, 128, 64, 4, 4)]  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+    # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). 128 x 256 x 64 (8 warps) and 64 x 256 x 64 (4 warps)
+    # spilled on sm_80; the 256-wide tile keeps BLOCK_K = 32 (python -m qlab.kernels.native).
+    tiles = [(128, 256, 32, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": 1},
                           num_warps=w, num_stages=s) for bm, bn, bk, w, s in tiles]
 

@@ -37,9 +37,12 @@ def _configs() -> list[triton.Config]:
     """Autotuning candidates: Hopper-friendly tiles on a GPU, one small tile in the interpreter."""
     if triton.knobs.runtime.interpret:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
-    tiles = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-        (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 64, 4, 4),
-        (64, 128, 128, 4, 4), (64, 256, 128, 4, 3), (64, 64, 128, 4, 4),
+    # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every 256-wide tile tried (128 x 256 and
+    # 256 x 128 with BLOCK_K 64 or 128, 2-4 stages) and 128 x 128 x 64 with 4 warps spilled registers
+    # on sm_80 (the int8 mma.sync path); 128 x 128 with 8 warps is the largest tile that fits both
+    # targets (python -m qlab.kernels.native).
+    tiles = [
+        (128, 128, 128, 8, 4), (128, 128, 64, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
         (16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (32, 128, 128, 4, 3),
     ]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)

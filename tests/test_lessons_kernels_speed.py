@@ -6,16 +6,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from _triton import requires_triton
 from qlab.kernels import bench
-from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, cpu_timing, crossover_m,
-                                        find_gpu_results, gpu_results_table, plot_cpu_timing, plot_gpu_results,
-                                        plot_roofline, ridge_point, roofline_view)
+from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, compiled_gemv, cpu_timing,
+                                        crossover_m, find_gpu_results, gpu_results_table, plot_cpu_timing,
+                                        plot_gpu_results, plot_roofline, ridge_point, roofline_view)
 
 H200 = bench.REFERENCE_DEVICE
 
@@ -148,3 +150,41 @@ def test_gpu_result_files_are_found_and_others_skipped(tmp_path):
     table = gpu_results_table(found[1])
     assert "NVIDIA H200" in table and table.count("w4a16") == 2 and "fp16 " not in table
     plot_gpu_results(found[1])
+
+
+@requires_triton
+def test_compiled_gemv_shows_the_magic_numbers_and_the_tensor_cores():
+    """Compiled for sm_90 on this CPU (in a subprocess: this one interprets the kernels), cached per target."""
+    code = compiled_gemv(90)
+    assert compiled_gemv(90) is code
+    gemv, tiled = code.gemv, code.tiled
+    assert (gemv.path, tiled.path, gemv.target, tiled.target) == ("w4a16/gemv", "w4a16/tiled", 90, 90)
+    for k in (gemv, tiled):
+        assert 0 < k.registers <= 255 and k.spill_stores == k.spill_loads == 0 and 0 <= k.shared <= 232_448
+        assert len(k.loop) > 20 and sum(map(len, k.by_source.values())) == len(k.loop)
+    # GEMV: each code OR-ed into fp32 1024.0 (0x44800000 = 1149239296), then (1024 + c) * s - (1024 + z) * s
+    # as one fp32 fma, on CUDA cores only
+    assert gemv.highlights["magic-number OR"] and all("1149239296" in l for l in gemv.highlights["magic-number OR"])
+    assert gemv.highlights["fused multiply-add"] and all(".f32" in l for l in gemv.highlights["fused multiply-add"])
+    assert not gemv.highlights["tensor-core product"] and gemv.shared <= 1024
+    # tiled: two codes at once OR-ed into two fp16 1024.0 (0x64006400), fp16 subtract and multiply on pairs,
+    # and tl.dot became Hopper's wgmma
+    assert tiled.highlights["magic-number OR"] and all("1677747200" in l or "25600" in l
+                                                       for l in tiled.highlights["magic-number OR"])
+    assert any(".f16" in l for l in tiled.highlights["float subtract"])
+    assert any(".f16" in l for l in tiled.highlights["float multiply"] + tiled.highlights["fused multiply-add"])
+    assert tiled.highlights["tensor-core product"] and all("wgmma.mma_async" in l
+                                                          for l in tiled.highlights["tensor-core product"])
+    assert tiled.shared > 16_384
+    text = str(code)
+    assert "1149239296 (= 0x44800000, fp32 1024.0)" in text and "wgmma" in text and "0 B spilled" in text
+    # the dequantization lines of the kernel file are where the magic numbers come from
+    src = Path(importlib.util.find_spec("qlab.kernels.w4a16").origin).read_text().splitlines()
+    where = [w for w, ptx in gemv.by_source.items() if any("1149239296" in p for p in ptx)]
+    assert where and all(w.startswith("w4a16.py:") and "0x44800000" in src[int(w.split(":")[1]) - 1]
+                         for w in where)
+
+
+def test_compiled_gemv_bad_target():
+    with pytest.raises(ValueError, match=r"target must be one of \(90, 80\), got 75"):
+        compiled_gemv(75)
