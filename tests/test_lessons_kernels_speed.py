@@ -15,7 +15,8 @@ import torch
 
 from _triton import requires_triton
 from qlab.kernels import bench
-from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, compiled_gemv, cpu_timing,
+from qlab.lessons.compiled_code import compiled_gemv
+from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, cpu_timing,
                                         crossover_m, find_gpu_results, gpu_results_table, plot_cpu_timing,
                                         plot_gpu_results, plot_roofline, ridge_point, roofline_view)
 

@@ -22,7 +22,7 @@ import torch
 
 from qlab.lessons import setup_notebook
 from qlab.course import check, reveal
-from qlab.number_formats import (ALL_FORMATS, FLOAT_FORMATS, compare_formats, format_memory_table, format_store_table,
+from qlab.number_formats import (FLOAT_FORMATS, compare_formats, format_memory_table, format_store_table,
                                  memory_table)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws

@@ -46,7 +46,8 @@ import matplotlib.pyplot as plt
 from qlab.course import check, reveal
 from qlab.lessons import setup_notebook
 from qlab.kernels.bench import REFERENCE_DEVICE as H200
-from qlab.lessons.kernels_speed import (KINDS, check_kernels, compiled_gemv, cpu_timing, crossover_m, find_gpu_results,
+from qlab.lessons.compiled_code import compiled_gemv
+from qlab.lessons.kernels_speed import (KINDS, check_kernels, cpu_timing, find_gpu_results,
                                         gpu_results_table, plot_cpu_timing, plot_gpu_results, plot_roofline,
                                         ridge_point, roofline_view)
 

@@ -29,7 +29,6 @@
 # %%
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import torch
 
 from qlab.course import check, reveal
 from qlab.lessons import setup_notebook
