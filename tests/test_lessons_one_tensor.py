@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest
+import numpy as np
 import torch
 from torch.ao.quantization import MinMaxObserver
 
@@ -118,3 +119,28 @@ def test_plot_draws_every_level_and_shades_the_tails():
     assert len(hist_ax.patches) >= 3  # the histogram + two shaded tails
     assert len(curve_ax.lines) == 5   # rounding, clipping, total, the clip, the optimum
     matplotlib.pyplot.close(fig)
+
+
+def test_slider_frames_keep_their_traces_and_show_the_summary():
+    from qlab.live import FIGURE_WIDTH_PX
+    from qlab.lessons.one_tensor import one_tensor_frame, one_tensor_panel
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 128)
+    curve = clip_error_curve(x, 4, True)
+    frames = {c: one_tensor_frame(quantize_view(x, 4, c, True), curve) for c in (1.0, 0.5, 0.2)}
+    kinds = {tuple(t["type"] for t in f.traces) for f in frames.values()}
+    assert len(kinds) == 1, kinds
+    grid = [f.traces[1]["x"] for f in frames.values()]             # the grid lines move with the clip
+    assert not np.allclose(grid[0], grid[1], equal_nan=True) and not np.allclose(grid[1], grid[2], equal_nan=True)
+    assert [len(f.layout["shapes"]) for f in frames.values()] == [1, 3, 3]   # the clipped tails, then the clip line
+    assert frames[0.5].text == quantize_view(x, 4, 0.5, True).summary()
+
+    panel = one_tensor_panel(x)
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    for name, value in (("bits", 2), ("clip", 0.3), ("symmetric", False), ("bits", 8)):
+        panel.controls[name].value = value
+        assert panel.error is None, panel.error
+    assert panel.frames == 5
+    assert panel.text.value.count("int8 asymmetric, clip 0.30") == 1
+    assert list(panel.figure.data[2]["y"]) == clip_error_curve(x, 8, False).rounding.tolist()

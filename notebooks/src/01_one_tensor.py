@@ -24,14 +24,13 @@
 # (tested in `tests/test_lessons_one_tensor.py`) on top of `qlab.quantize` and `qlab.metrics`.
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
 from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
 from qlab.course import check, reveal
-from qlab.lessons.one_tensor import clip_error_curve, lesson_spec, plot_one_tensor, quantize_view
+from qlab.lessons.one_tensor import clip_error_curve, lesson_spec, one_tensor_panel, plot_one_tensor, quantize_view
 from qlab.quantize import quantize
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
@@ -166,13 +165,8 @@ for s in (True, False):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(bits=widgets.IntSlider(value=4, min=2, max=8), symmetric=True,
-                  clip=widgets.FloatSlider(value=1.0, min=0.02, max=1.0, step=0.01))
-def show(bits, clip, symmetric):
-    view = quantize_view(w, bits, clip, symmetric)
-    plot_one_tensor(view, curves[bits, symmetric])
-    plt.show()
-    print(view.summary())
+# the figure updates in place as the sliders move (qlab.lessons.one_tensor.one_tensor_panel)
+one_tensor_panel(w, curves)
 
 # %% [markdown]
 # **Take-away.** Two numbers, scale and zero point, define the whole grid. The clip range decides how

@@ -23,6 +23,7 @@ blocks of the same float32 arithmetic as ``qlab.fake_quantize`` (so each point e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -199,3 +200,62 @@ def plot_one_tensor(view: OneTensorView, curve: ClipCurve | None = None) -> plt.
     # fixed margins: tight_layout would draw the figure once more on every slider move
     fig.subplots_adjust(left=0.09 if curve is not None else 0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
     return fig
+
+
+# ----------------------------------------------------------------------------- the slider panel
+
+
+def one_tensor_frame(view: OneTensorView, curve: ClipCurve) -> "Frame":
+    """The slider's picture as a ``qlab.live.Frame`` (the plotly twin of ``plot_one_tensor``): left, the
+    histogram with the grid and the clipped tails; right, the error split against the clip, the slider's
+    clip and the optimum."""
+    from qlab.live import Frame, stairs, vline_shape, vlines, vspan_shape
+
+    top = float(view.counts.max()) * 1.5
+    x_lo, x_hi = float(view.edges[0]), float(view.edges[-1])
+    lo, hi = min(view.lo, 0.0), max(view.hi, 0.0)
+    shapes = [vspan_shape(x_lo, lo, 1)] if x_lo < lo else []
+    shapes += [vspan_shape(hi, x_hi, 1)] if hi < x_hi else []
+    shapes.append(vline_shape(view.clip, 2))
+    left, right = min(x_lo, float(view.levels[0])), max(x_hi, float(view.levels[-1]))
+    pad = 0.02 * (right - left)
+    traces = [stairs(view.counts, view.edges, 1, name="values", fillcolor="#999", showlegend=False),
+              vlines(view.levels, 0.7, top, 1, name=f"grid ({view.levels.numel()} levels)",
+                     line={"color": "royalblue", "width": 0.6 if view.bits > 5 else 1.2}, opacity=0.6)]
+    for name, values, width in (("rounding", curve.rounding, 1), ("clipping", curve.clipping, 1),
+                                ("total", curve.total, 2)):
+        traces.append({"type": "scatter", "mode": "lines", "x": curve.clips.numpy(), "y": values.numpy(),
+                       "name": name, "line": {"width": width}, "xaxis": "x2", "yaxis": "y2"})
+    traces.append({"type": "scatter", "mode": "markers", "x": [curve.best_clip],
+                   "y": [float(curve.total[curve.best_index])], "name": f"optimum {curve.best_clip:.2f}",
+                   "marker": {"symbol": "star", "size": 13, "color": "red"}, "xaxis": "x2", "yaxis": "y2"})
+    kind = "sym" if view.symmetric else "asym"
+    layout = {"shapes": shapes,
+              "xaxis": {"title": {"text": "value"}, "range": [left - pad, right + pad]},
+              "yaxis": {"title": {"text": "count"}, "type": "log", "range": [-0.1, math.log10(top)]},
+              "xaxis2": {"title": {"text": "clip (fraction of the range)"}},
+              "yaxis2": {"title": {"text": "MSE"}, "type": "log"},
+              "title": {"text": f"int{view.bits} {kind}, scale {view.scale:.2e}, zero point {view.zero_point}; "
+                                f"clip {view.clip:.2f}", "font": {"size": 13}, "y": 0.98}}
+    return Frame(traces, layout, view.summary())
+
+
+def one_tensor_panel(x: Tensor, curves: dict | None = None):
+    """Notebook 1's slider panel: bits, clip and symmetric for the tensor ``x``. ``curves`` maps
+    (bits, symmetric) to its ``ClipCurve`` (computed here for what is missing, once)."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    curves = dict(curves or {})
+
+    def render(bits: int, clip: float, symmetric: bool):
+        if (bits, symmetric) not in curves:
+            curves[bits, symmetric] = clip_error_curve(x, bits, symmetric)
+        return one_tensor_frame(quantize_view(x, bits, clip, symmetric), curves[bits, symmetric])
+
+    figure = live_figure(2, titles=("the values and the grid", "error vs clip"), height=400)
+    figure.update_layout(legend={"x": 1.0, "xanchor": "right", "y": 1.0}, margin={"t": 70})
+    return live(render, figure, bits=widgets.IntSlider(value=4, min=2, max=8, description="bits"),
+                clip=widgets.FloatSlider(value=1.0, min=0.02, max=1.0, step=0.01, description="clip"),
+                symmetric=widgets.Checkbox(value=True, description="symmetric"))
