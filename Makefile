@@ -17,7 +17,7 @@ CONFIG := $(VENV)/.config
 INDEX  := $(if $(strip $(EXTRA_INDEX_URL)),--extra-index-url "$(EXTRA_INDEX_URL)")
 WANTED := python=$(shell $(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) torch=$(TORCH) index=$(EXTRA_INDEX_URL)
 
-.PHONY: install lab test test-py test-nb demo bench student clean FORCE
+.PHONY: install lab test test-py test-nb demo bench student engines clean FORCE
 
 install: $(STAMP)
 
@@ -55,6 +55,16 @@ student: install
 
 bench: install
 	$(PY) benchmarks/bench_core.py
+
+# llama.cpp for qlab's GGUF exports (qlab.export, notebook 12, benchmarks/bench_llama_cpp.py), as
+# llama-cpp-python built from source into .venv: there is no CPU wheel. Tens of minutes on 2 cores; not part
+# of `make test`. On x86-64 the build targets AVX2 rather than -march=native: a native build on a CPU with
+# AMX (Xeon Sapphire Rapids and later) emits AMX tile instructions, which a VM that does not grant AMX
+# state kills with SIGILL (measured here: `tileloadd` in the Q8_0 matmul).
+ENGINE_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,-DGGML_NATIVE=ON)
+engines: install
+	CMAKE_ARGS="$(ENGINE_CMAKE_ARGS) -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+		$(PIP) install --no-binary llama-cpp-python --no-cache-dir llama-cpp-python diskcache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

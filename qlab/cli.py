@@ -6,6 +6,8 @@
     qlab demo                 headless demo: load the shipped model, show its perplexity and a generated sample
     qlab bench [...]          kernel benchmark (GPU), or the roofline model without one
     qlab ptq --method M [...] quantize the shipped model with one method (or --all) and print the scoreboard
+    qlab export --format F --method M --out PATH [...]
+                              quantize the shipped model (rtn / gptq / awq) and write it as GGUF or compressed-tensors
 
 A user error (a bad option or combination of options, an output path that cannot be written, a missing,
 broken or unsafe input file) is found before any work starts and printed as one line,
@@ -254,6 +256,103 @@ def cmd_ptq(args: argparse.Namespace) -> int:
     return 0
 
 
+# The options of `qlab export` each method reads, each format reads, and their defaults.
+EXPORT_DEFAULTS = {"wbits": 4, "group_size": 128, "symmetric": False, "act_order": False, "calib": 128, "seed": 0,
+                   "float_type": None, "scale_dtype": None}
+EXPORT_OPTIONS = {"float": set(), "rtn": {"wbits", "group_size", "symmetric"},
+                  "gptq": {"wbits", "group_size", "symmetric", "act_order", "calib", "seed"},
+                  "awq": {"wbits", "group_size", "symmetric", "calib", "seed"}}
+EXPORT_FORMAT_OPTIONS = {"gguf": {"float_type"}, "compressed-tensors": {"scale_dtype"}}
+SCALE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _flags(names) -> str:
+    return ", ".join(f"--{n.replace('_', '-')}" for n in sorted(names)) or "none of them"
+
+
+def _export_options(args: argparse.Namespace) -> None:
+    """Refuse the options that the chosen method or format would ignore, then fill in the defaults."""
+    given = [name for name in EXPORT_DEFAULTS if hasattr(args, name)]
+    format_only = set().union(*EXPORT_FORMAT_OPTIONS.values())
+    wrong_format = [n for n in given if n in format_only and n not in EXPORT_FORMAT_OPTIONS[args.format]]
+    if wrong_format:
+        raise UsageError(f"export: --format {args.format} does not use {_flags(wrong_format)} "
+                         f"(it takes {_flags(EXPORT_FORMAT_OPTIONS[args.format])})")
+    wrong_method = [n for n in given if n not in format_only and n not in EXPORT_OPTIONS[args.method]]
+    if wrong_method:
+        raise UsageError(f"export: --method {args.method} does not use {_flags(wrong_method)} "
+                         f"(it takes {_flags(EXPORT_OPTIONS[args.method])})")
+    for name, default in EXPORT_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+
+
+def _check_export_args(args: argparse.Namespace):
+    """Every check of `qlab export` that needs no weights: the scheme against each layer's shape and the format."""
+    import torch.nn as nn
+
+    from qlab.checks import check_int, check_seed
+    from qlab.export import checks
+    from qlab.layers.weight_only import weight_spec
+
+    skeleton = _shipped_skeleton()
+    with _user_errors():
+        check_int("--calib", args.calib, 1)
+        check_seed(args.seed, "--seed")
+        if args.method == "float":
+            checks.check_model(skeleton, args.format, allow_float=True)
+            return None
+        if args.wbits not in (2, 3, 4, 8):
+            raise ValueError(f"--wbits must be one of (2, 3, 4, 8), got {args.wbits}")
+        spec = weight_spec(args.wbits, args.group_size, args.symmetric)
+        for name, layer in skeleton.blocks.named_modules():
+            if isinstance(layer, nn.Linear):
+                checks.check_scheme(args.format, spec, layer.in_features, f"blocks.{name}")
+    return spec
+
+
+def _quantized_for_export(model, args: argparse.Namespace, spec):
+    """The shipped model quantized as the options say (lm_head stays float, as in `qlab ptq`)."""
+    if args.method == "float":
+        return model
+    if args.method == "rtn":
+        from qlab.algorithms.rtn import rtn_quantize
+
+        return rtn_quantize(model, spec)
+    from qlab.corpus import calibration_samples
+
+    calib = calibration_samples(args.calib, model.config.block_size, seed=args.seed)   # (n, T)
+    if args.method == "gptq":
+        from qlab.algorithms.gptq import gptq_quantize_model
+
+        return gptq_quantize_model(model, calib, args.wbits, args.group_size, symmetric=args.symmetric,
+                                   act_order=args.act_order, static_groups=args.act_order, progress=False)
+    from qlab.algorithms.awq import awq_quantize_model
+
+    return awq_quantize_model(model, calib, args.wbits, args.group_size, symmetric=args.symmetric, progress=False)[0]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from qlab import export
+
+    _export_options(args)
+    spec = _check_export_args(args)
+    _check_output(args.out, "--out", directory=args.format == "compressed-tensors")
+    model = _load_shipped_model()
+    qmodel = _quantized_for_export(model, args, spec)
+    scale_dtype = getattr(torch, SCALE_DTYPES[args.scale_dtype]) if args.scale_dtype else None
+    with _user_errors():  # the library's own checks (the same as above): before it writes anything
+        export.check_export(qmodel, args.out, args.format, allow_float=args.method == "float",
+                            float_type=args.float_type, scale_dtype=scale_dtype)
+    result = export.export_model(qmodel, args.out, args.format, allow_float=args.method == "float",
+                                 float_type=args.float_type, scale_dtype=scale_dtype)
+    print(result)
+    print(export.export_table(export.describe_export(result.path)).splitlines()[-1])
+    return 0
+
+
 def _alpha(text: str) -> float | str:
     if text == "auto":
         return text
@@ -303,6 +402,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default=None, help="also write the rows to this JSON file")
     q.add_argument("--out-dir", default="benchmarks/results", help="where --all writes scoreboard-<machine>.json/.png")
     q.set_defaults(func=cmd_ptq)
+    e = sub.add_parser(
+        "export", help="quantize the shipped model and write it as GGUF or compressed-tensors",
+        description="Quantize the shipped model as `qlab ptq` does (lm_head stays float), then write it in a format "
+                    "real engines load: GGUF (one file, llama.cpp; int4 asymmetric -> Q4_1, int4 --symmetric -> "
+                    "Q4_0, int8 --symmetric -> Q8_0, group size a multiple of 32) or compressed-tensors "
+                    "pack-quantized (a folder, vLLM / transformers; 2..8 bits, any group size). qlab's codes are "
+                    "written as they are; a scheme a format cannot hold exactly is refused before any work. "
+                    "--method float writes the float model (GGUF only).")
+    e.add_argument("--format", choices=("gguf", "compressed-tensors"), required=True)
+    e.add_argument("--method", choices=tuple(EXPORT_OPTIONS), required=True,
+                   help="the result to export: rtn, gptq, awq, or float (GGUF only)")
+    e.add_argument("--out", required=True, help="the GGUF file, or the compressed-tensors folder, to write")
+    e.add_argument("--wbits", type=int, default=argparse.SUPPRESS, help="weight bits (2, 3, 4, 8; default 4)")
+    e.add_argument("--group-size", type=_group_size, default=argparse.SUPPRESS,
+                   help="group size, or 'channel' (default 128)")
+    e.add_argument("--symmetric", action="store_true", default=argparse.SUPPRESS,
+                   help="symmetric codes, no zero points (default: asymmetric)")
+    e.add_argument("--act-order", action="store_true", default=argparse.SUPPRESS,
+                   help="gptq: columns in activation order with static groups (g_idx = k // G, what both formats "
+                        "hold; llm-compressor's actorder='weight')")
+    e.add_argument("--calib", type=int, default=argparse.SUPPRESS,
+                   help="calibration samples of gptq / awq (windows of the train split; default 128)")
+    e.add_argument("--seed", type=int, default=argparse.SUPPRESS)
+    e.add_argument("--float-type", choices=("f32", "f16"), default=argparse.SUPPRESS,
+                   help="gguf: type of the float matrices (embeddings, lm_head; default f32)")
+    e.add_argument("--scale-dtype", choices=tuple(SCALE_DTYPES), default=argparse.SUPPRESS,
+                   help="compressed-tensors: dtype of the stored scales (default: qlab's own, fp32)")
+    e.set_defaults(func=cmd_export)
     return p
 
 

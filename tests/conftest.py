@@ -43,10 +43,24 @@ def assert_rel_close():
     return check
 
 
+# The longest test files, longest first. `make test` runs the tests on two workers, a file each
+# (pytest-xdist, --dist loadfile), handing out files in collection order: started first, the long ones
+# finish with the rest instead of alone at the end.
+LONGEST_FIRST = ("test_browser.py", "test_kernels_native.py", "test_course_build.py", "test_phenomena.py",
+                 "test_quality_bars.py", "test_export_gguf.py", "test_export_compressed_tensors.py", "test_qat.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: the rest keep their order
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register the markers used in tests/ (so ``-m "not browser"`` works and no warning is raised)."""
     config.addinivalue_line("markers", "browser: drives a real JupyterLab in headless Chromium "
                                        "(tests/test_browser.py; skipped without playwright or /usr/bin/chromium)")
+    config.addinivalue_line("markers", "engine: runs a real inference engine that `make test` does not install "
+                                       "(llama.cpp through llama-cpp-python: `make engines`); skipped without it")
 
 
 @pytest.fixture(autouse=True)
