@@ -139,9 +139,31 @@ def _structure(traces) -> list[str]:
     return [t["type"] if isinstance(t, Mapping) else t.type for t in traces]
 
 
-def apply_frame(fig, frame: Frame) -> None:
+def _same(a: Any, b: Any) -> bool:
+    """Equal values (numpy arrays element by element, NaN equal to NaN; dicts and lists recursively)."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _changed_keys(new: Mapping, old: Mapping | None) -> dict:
+    return {k: v for k, v in new.items() if old is None or k not in old or not _same(old[k], v)}
+
+
+def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:
     """Show ``frame`` in ``fig`` (a plotly ``Figure`` or ``FigureWidget``): in place, one message, when
-    the traces keep their number and types; otherwise the traces are replaced."""
+    the traces keep their number and types; otherwise the traces are replaced.
+
+    previous: the frame shown last (``LivePanel`` passes it): only what differs from it is sent. plotly
+    validates every property it is given, so resending unchanged axes and styles costs more than the data.
+    """
     for i, t in enumerate(frame.traces):
         if not isinstance(t, Mapping) or "type" not in t:
             raise ValueError(f"frame.traces[{i}] must be a dict with a 'type' (a plotly trace), got {t!r:.80}")
@@ -151,10 +173,17 @@ def apply_frame(fig, frame: Frame) -> None:
         fig.add_traces([dict(t) for t in frame.traces])
         _set_layout(fig, frame.layout, subplot_titles)
         return
+    if previous is not None and _structure(previous.traces) != _structure(frame.traces):
+        previous = None
     with fig.batch_update():
-        for trace, props in zip(fig.data, frame.traces):
-            trace.update({k: v for k, v in props.items() if k != "type"})
-        _set_layout(fig, frame.layout, subplot_titles)
+        for i, (trace, props) in enumerate(zip(fig.data, frame.traces)):
+            changed = _changed_keys(props, previous.traces[i] if previous is not None else None)
+            changed.pop("type", None)
+            if changed:
+                trace.update(changed)
+        layout = _changed_keys(frame.layout, previous.layout if previous is not None else None)
+        if layout:
+            _set_layout(fig, layout, subplot_titles)
 
 
 def _set_layout(fig, layout: Mapping, subplot_titles: list) -> None:
@@ -207,6 +236,7 @@ class LivePanel:
         self.computed: list[dict] = []   # the values of each frame drawn (the coalescing tests read it)
         self.error: Optional[str] = None
         self._busy = False
+        self._last: Optional[Frame] = None    # the frame the figure shows
         self.status = widgets.HTML()
         self.text = widgets.HTML()
         for control in self.controls.values():
@@ -242,7 +272,9 @@ class LivePanel:
             if not isinstance(frame, Frame):
                 raise TypeError(f"render must return a qlab.live.Frame, got {type(frame).__name__}")
             if self.figure is not None:
-                apply_frame(self.figure, frame)
+                previous, self._last = self._last, None      # None while the figure is half-updated
+                apply_frame(self.figure, frame, previous)
+                self._last = frame
         except Exception as exc:     # shown, not swallowed: see the docstring
             self.error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self.text.value = (f"<pre class='qlab-live-error' style='color:#b00'>"

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from qlab.calibrators import Percentile
 from qlab.evaluate import perplexity_on
-from qlab.lessons.calibration import (CALIBRATOR_NAMES, CalibratorBank, calibrate_model, calibrate_tensor,
-                                      calibration_view, format_calibration_table, layer_input, make_calibrators,
-                                      peak_to_mean, plot_calibration, w8a8_static_perplexity, with_percentile)
+from qlab.lessons.calibration import (CALIBRATOR_NAMES, PERCENTILES, CalibratorBank, calibrate_model,
+                                      calibrate_tensor, calibration_frame, calibration_panel, calibration_view,
+                                      format_calibration_table, layer_input, make_calibrators, peak_to_mean,
+                                      plot_calibration, w8a8_static_perplexity, with_percentile)
 from qlab.metrics import sqnr_db
 
 
@@ -151,3 +152,53 @@ def test_plot_and_table():
     matplotlib.pyplot.close(fig)
     text = format_calibration_table(view, {n: 3.0 + i / 100 for i, n in enumerate(CALIBRATOR_NAMES)}, 3.0)
     assert "mse" in text and "+1.33%" in text and math.isfinite(view.sqnr_db["mse"])
+
+
+# ----------------------------------------------------------------------------- the percentile panel (qlab.live)
+
+
+def test_calibration_frame_shows_every_threshold_and_curve():
+    import numpy as np
+
+    x = heavy_tailed(seed=3)
+    base = calibration_view(x, calibrate_tensor(x, make_calibrators(), 64))
+    views = [with_percentile(base, x, p, 64) for p in (90, 99.9, 100)]
+    frames = [calibration_frame(v, f"percentile {p}") for v, p in zip(views, (90, 99.9, 100))]
+    for view, frame in zip(views, frames):
+        assert [t["type"] for t in frame.traces] == ["scatter"] * 9      # histogram, 5 thresholds, 3 curves
+        assert frame.text == view.table()
+        for name, trace in zip(CALIBRATOR_NAMES, frame.traces[1:6]):
+            amax = float(view.results[name].amax)
+            assert np.array_equal(trace["x"], [amax, amax]) and trace["name"].startswith(f"{name}: {amax:.3f}")
+        tail = frame.traces[6]
+        assert np.array_equal(tail["x"], view.tail[0].double().numpy())
+        assert [s["x0"] for s in frame.layout["shapes"]] == [float(view.results[n].amax)
+                                                             for n in ("percentile", "entropy", "mse")]
+        kl = frame.traces[7]["y"]                  # infinite KL: a gap (NaN), as matplotlib leaves it
+        assert np.isnan(kl).any() == (~torch.isfinite(view.results["entropy"].curve[1])).any()
+        assert all(isinstance(t[k], np.ndarray) for t in frame.traces for k in ("x", "y"))
+    assert frames[0].layout["title"]["text"] == "percentile 90"
+    percentile_lines = [f.traces[3]["x"][0] for f in frames]        # only the percentile's threshold moves
+    assert len(set(percentile_lines)) == 3 and len({f.traces[1]["x"][0] for f in frames}) == 1
+
+
+def test_calibration_panel_moves_the_percentile():
+    import html
+
+    x = heavy_tailed(seed=4)
+    base = calibration_view(x, calibrate_tensor(x, make_calibrators(), 64))
+    panel = calibration_panel(base, x, batch_rows=64)
+    slider = panel.controls["p"]
+    assert slider.description == "p" and slider.value == 99.99 and list(slider.options) == list(PERCENTILES)
+    assert panel.error is None and panel.frames == 1
+    assert panel.figure.layout.width <= 840 and panel.figure.layout.height <= 840
+    shown = []
+    for i, p in enumerate((90, 100, 99.5, 90), 2):
+        slider.value = p
+        assert panel.error is None and panel.frames == i
+        assert [t.type for t in panel.figure.data] == ["scatter"] * 9
+        shown.append(panel.figure.data[3].x[0])
+        ref = with_percentile(base, x, p, 64)
+        assert panel.text.value.endswith(f">{html.escape(ref.table())}</pre>")
+        assert panel.figure.layout.title.text == f"percentile {p}"
+    assert shown[0] == shown[3] and len(set(shown)) == 3

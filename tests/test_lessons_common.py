@@ -185,4 +185,4 @@ def test_every_committed_figure_fits_a_default_jupyterlab_output():
                     width = struct.unpack(">I", base64.b64decode(png)[16:20])[0]    # the PNG header's IHDR width
                     if width > OUTPUT_WIDTH_PX:
                         wide.append(f"{nb.name} cell {i}: {width} px")
-    assert seen >= 20 and not wide, wide
+    assert seen >= 15 and not wide, wide    # the static figures (slider panels are plotly widgets: qlab.live)

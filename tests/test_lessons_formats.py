@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from qlab.granularity import PerGroup
-from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_view, plot_grid,
-                                  score_formats, synthetic_samples, winners)
+from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_frame, grid_panel,
+                                  grid_view, plot_grid, score_formats, store_table_frame, store_table_panel,
+                                  synthetic_samples, winners, zoom_view)
 from qlab.metrics import mse, sqnr_db
 from qlab.quantize import fake_quantize
 
@@ -126,3 +127,84 @@ def test_plot_grid():
     fig = plot_grid(views)
     assert [len(ax.collections[0].get_segments()) for ax in fig.axes] == [15, 16, 255]
     matplotlib.pyplot.close(fig)
+
+
+# ----------------------------------------------------------------------------- the panels (qlab.live)
+
+
+def kinds(frame):
+    return [t["type"] for t in frame.traces]
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "laplace"])
+def test_zoom_view_equals_grid_view(distribution):
+    x = synthetic_samples(4096, 64)[distribution]
+    for name in ("fp8_e4m3", "nf4", "int4"):
+        whole = grid_view(x, distribution, name)
+        for zoom in (1.0, 0.3, 0.01):
+            ref, got = grid_view(x, distribution, name, zoom), zoom_view(whole, x, zoom)
+            for field in ("levels", "counts", "edges"):
+                assert torch.equal(getattr(got, field), getattr(ref, field)), (name, zoom, field)
+            assert (got.distribution, got.format, got.mse, got.sqnr_db) == (distribution, name, ref.mse, ref.sqnr_db)
+    with pytest.raises(ValueError, match="zoom"):
+        zoom_view(whole, x, 1.5)
+
+
+def test_grid_frame_keeps_its_traces_and_shows_the_view():
+    import numpy as np
+
+    x = synthetic_samples(4096, 64)["laplace"]
+    views = [grid_view(x, "laplace", f, z) for f, z in (("int8", 1.0), ("nf4", 1.0), ("fp8_e4m3", 0.1))]
+    frames = [grid_frame(v) for v in views]
+    assert all(kinds(f) == ["scatter", "scatter"] for f in frames)
+    for view, frame in zip(views, frames):
+        hist, grid = frame.traces
+        assert isinstance(hist["x"], np.ndarray) and np.array_equal(hist["x"], view.edges.double().numpy())
+        levels = grid["x"][0::3]                     # one segment per level, NaN gaps (qlab.live.vlines)
+        assert np.array_equal(levels, view.levels.double().numpy())
+        assert f"{view.levels.numel()} levels shown" in frame.layout["title"]["text"]
+        assert f"SQNR {view.sqnr_db:.2f} dB" in frame.layout["title"]["text"] and frame.text == ""
+        lo, hi = frame.layout["xaxis"]["range"]     # every level inside the frame, as plot_grid
+        assert lo < levels.min() and levels.max() < hi
+    assert len({len(f.traces[1]["x"]) for f in frames}) == 3   # the data differ
+    assert not np.array_equal(frames[0].traces[0]["y"], frames[2].traces[0]["y"])
+
+
+def test_grid_panel_follows_each_control():
+    samples = {k: v for k, v in synthetic_samples(8192, 64).items() if k != "uniform"}
+    panel = grid_panel(samples)
+    assert panel.error is None and panel.frames == 1
+    assert panel.figure.layout.width <= 840 and panel.figure.layout.height <= 840
+    assert [panel.controls[n].description for n in ("distribution", "fmt", "zoom")] == ["distribution", "fmt", "zoom"]
+    assert panel.controls["fmt"].value == "nf4" and list(panel.controls["fmt"].options) == list(FORMATS)
+    assert list(panel.controls["distribution"].options) == ["gaussian", "laplace"]
+    titles = [panel.figure.layout.title.text]
+    for i, (name, value) in enumerate((("zoom", 0.1), ("fmt", "int8"), ("distribution", "laplace"), ("zoom", 1.0)), 2):
+        panel.controls[name].value = value
+        assert panel.error is None and panel.frames == i
+        titles.append(panel.figure.layout.title.text)
+        assert [t.type for t in panel.figure.data] == ["scatter", "scatter"]
+    assert len(set(titles)) == 5 and titles[-1].startswith("laplace in int8")
+    view = grid_view(samples["laplace"], "laplace", "int8")
+    assert titles[-1] == grid_frame(view).layout["title"]["text"]
+
+
+def test_store_table_panel_prints_the_table():
+    import html
+
+    from qlab.number_formats import compare_formats, format_store_table
+
+    def table(value, absmax):
+        return format_store_table(compare_formats(value, absmax=absmax))
+
+    frame = store_table_frame(0.1, 4.0)
+    assert frame.traces == [] and frame.layout == {} and frame.text == table(0.1, 4.0)
+    panel = store_table_panel()
+    assert panel.figure is None and panel.error is None and panel.frames == 1
+    assert [(c.description, c.value) for c in panel.controls.values()] == [("value", 3.14159), ("absmax", 4.0)]
+    assert html.escape(table(3.14159, 4.0)) in panel.text.value
+    for i, (name, value) in enumerate((("value", 1000.0), ("absmax", 1000.0), ("value", 3.0)), 2):
+        panel.controls[name].value = value
+        assert panel.error is None and panel.frames == i
+        assert html.escape(table(panel.controls["value"].value, panel.controls["absmax"].value)) in panel.text.value
+    assert html.escape(table(3.0, 1000.0)) in panel.text.value

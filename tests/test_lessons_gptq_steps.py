@@ -9,8 +9,9 @@ import torch
 
 from qlab.algorithms.gptq import gptq, gptq_naive
 from qlab.layers.weight_only import weight_spec
-from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_trajectory, hessian_error,
-                                     layer_errors, layer_hessians, naive_vs_lazy, plot_gptq_frame, plot_hessian)
+from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_step_frame, gptq_step_panel,
+                                     gptq_trajectory, hessian_error, layer_errors, layer_hessians, naive_vs_lazy,
+                                     plot_hessian)
 from qlab.model import GPT, PRESETS
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
@@ -73,9 +74,48 @@ def test_frame_indexes_the_trajectory():
         assert f"{q}/64" in f.summary()
     with pytest.raises(ValueError, match="column"):
         gptq_frame(traj, 65)
-    fig = plot_gptq_frame(gptq_frame(traj, 17), traj)
-    assert len(fig.axes[1].lines) == 4
-    matplotlib.pyplot.close(fig)
+
+
+def test_step_frame_draws_the_frame():
+    import numpy as np
+
+    W, H, _ = problem()
+    traj = gptq_trajectory(W, H, (3, 16, False), [2, 3, 9])
+    frames = {q: gptq_step_frame(gptq_frame(traj, q), traj, row=1) for q in (0, 17, 64)}
+    lim = float((traj.weights[-1] - traj.original).abs().max())
+    for q, frame in frames.items():
+        f = gptq_frame(traj, q)
+        assert [t["type"] for t in frame.traces] == ["heatmap", "scatter", "scatter", "scatter"]
+        assert frame.text == f.summary()
+        heat, original, rtn, now = frame.traces
+        assert np.array_equal(heat["z"], f.moved.double().numpy()) and (heat["zmin"], heat["zmax"]) == (-lim, lim)
+        assert np.array_equal(original["y"], traj.original[1].double().numpy())
+        assert np.array_equal(rtn["y"], traj.rtn[1].double().numpy())
+        assert np.array_equal(now["y"], f.weights[1].double().numpy())
+        assert [s["x0"] for s in frame.layout["shapes"]] == [q - 0.5, q - 0.5]     # the line in both panels
+        assert frame.layout["yaxis2"]["title"]["text"] == "W[3, k]" and f"after {q} columns" in frame.layout["title"]["text"]
+    assert not np.array_equal(frames[0].traces[0]["z"], frames[17].traces[0]["z"])
+    assert not np.array_equal(frames[17].traces[3]["y"], frames[64].traces[3]["y"])
+
+
+def test_step_panel_follows_the_column():
+    import html
+
+    import numpy as np
+
+    W, H, _ = problem()
+    traj = gptq_trajectory(W, H, (3, 16, False), [2, 3])
+    panel = gptq_step_panel(traj, value=10)
+    slider = panel.controls["column"]
+    assert (slider.value, slider.min, slider.max, slider.description) == (10, 0, 64, "column")
+    assert panel.error is None and panel.frames == 1
+    assert panel.figure.layout.width <= 840 and panel.figure.layout.height <= 840
+    for i, q in enumerate((0, 64, 33), 2):
+        slider.value = q
+        assert panel.error is None and panel.frames == i
+        assert [t.type for t in panel.figure.data] == ["heatmap", "scatter", "scatter", "scatter"]
+        assert panel.text.value.endswith(f">{html.escape(gptq_frame(traj, q).summary())}</pre>")
+        assert (np.asarray(panel.figure.data[0].z) == gptq_frame(traj, q).moved.double().numpy()).all()
 
 
 def test_bad_grids_and_rows():

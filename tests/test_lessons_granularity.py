@@ -9,8 +9,8 @@ import torch
 
 from qlab.granularity import PerAxis, PerGroup, PerTensor, PerToken
 from qlab.lessons.granularity import (GROUP_SIZES, activation_granularities, channel_errors, compare_granularities,
-                                      format_granularity_table, format_group_sweeps, group_size_sweep, plot_channel_errors,
-                                      plot_group_sweep, weight_granularities)
+                                      format_granularity_table, format_group_sweeps, group_size_sweep, group_sweep_frame,
+                                      group_sweep_panel, plot_channel_errors, weight_granularities)
 from qlab.metrics import mse
 from qlab.sizes import effective_bits_per_weight
 
@@ -122,8 +122,41 @@ def test_plots():
     fig = plot_channel_errors(ce)
     assert fig.axes[0].images[0].get_array().shape == (3, 48)
     matplotlib.pyplot.close(fig)
+
+
+def test_group_sweep_frame_stars_the_choice():
+    import numpy as np
+
     sweeps = [group_size_sweep(weight(), b, GROUP_SIZES) for b in (3, 4)]
-    fig = plot_group_sweep(sweeps, 32, 4)
-    star = [line for line in fig.axes[0].lines if line.get_marker() == "*"]
-    assert len(star) == 1 and star[0].get_xdata()[0] == pytest.approx(4 + 32 / 32)
-    matplotlib.pyplot.close(fig)
+    frames = {(b, g): group_sweep_frame(sweeps, g, b) for b, g in ((4, 32), (4, 128), (3, 32), (5, 32))}
+    assert len({tuple(t["type"] for t in f.traces) for f in frames.values()}) == 1     # the same traces for all
+    for (b, g), frame in frames.items():
+        lines, labels, star = frame.traces[:2], frame.traces[2], frame.traces[3]
+        assert [t["name"] for t in lines] == ["int3", "int4"] and frame.text == ""
+        assert all(isinstance(t[k], np.ndarray) for t in frame.traces for k in ("x", "y"))
+        if b == 5:                     # no sweep for int5: no star, no labels
+            assert star["x"].size == 0 and labels["x"].size == 0
+            continue
+        sweep = sweeps[b - 3]
+        i = sweep.group_sizes.index(g)
+        assert star["x"].tolist() == [b + 32 / g] and star["y"].tolist() == [sweep.sqnr_db[i]]
+        assert star["name"] == f"int{b}, group {g}: {b + 32 / g:.3f} bits, {sweep.sqnr_db[i]:.1f} dB"
+        assert labels["text"] == [str(G) for G in GROUP_SIZES] and np.array_equal(labels["y"], sweep.sqnr_db)
+    assert frames[4, 32].traces[3]["x"][0] != frames[4, 128].traces[3]["x"][0]
+    assert not np.array_equal(frames[4, 32].traces[2]["y"], frames[3, 32].traces[2]["y"])
+
+
+def test_group_sweep_panel_follows_both_sliders():
+    sweeps = [group_size_sweep(weight(), b, GROUP_SIZES) for b in range(2, 9)]
+    panel = group_sweep_panel(sweeps)
+    bits, group = panel.controls["bits"], panel.controls["group_size"]
+    assert (bits.value, bits.min, bits.max, bits.description) == (4, 2, 8, "bits")
+    assert (group.value, tuple(group.options), group.description) == (128, GROUP_SIZES, "group_size")
+    assert panel.error is None and panel.frames == 1
+    assert panel.figure.layout.width <= 840 and panel.figure.layout.height <= 840
+    stars = [panel.figure.data[-1].name]
+    for i, (control, value) in enumerate(((bits, 2), (group, 8), (bits, 8), (group, 256)), 2):
+        control.value = value
+        assert panel.error is None and panel.frames == i and len(panel.figure.data) == 7 + 2
+        stars.append(panel.figure.data[-1].name)
+    assert stars[-1].startswith("int8, group 256: 8.125 bits") and len(set(stars)) == 5

@@ -19,9 +19,9 @@ from qlab.layers import LLMInt8Linear, W8A8Linear
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons.smoothing import (ALPHAS, SmoothingCurve, channel_profile, format_int8_table,
                                     format_smoothing_curve, format_smoothquant_table, groups_from_stats,
-                                    llm_int8_sweep, naive_w8a8, plot_channel_profile, plot_smoothing,
-                                    relative_error, smoothing_curve, smoothing_setup, smoothing_view,
-                                    smoothquant_table, w8a8_error)
+                                    llm_int8_sweep, naive_w8a8, plot_channel_profile, relative_error,
+                                    smoothing_curve, smoothing_frame, smoothing_panel, smoothing_setup,
+                                    smoothing_view, smoothquant_table, w8a8_error)
 from qlab.model import GPT, PRESETS
 
 
@@ -151,9 +151,50 @@ def test_curve_holds_the_views_and_smoothing_helps_per_tensor():
     assert len(ALPHAS) == 21 and ALPHAS[-1] == 1.0
     text = format_smoothing_curve(curve, every=2).splitlines()
     assert len(text) == 4 and text[1].startswith("  none") and text[3].startswith("  1.00")
-    fig = plot_smoothing(smoothing_view(setup, 0.5), curve)
-    assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 5
-    matplotlib.pyplot.close(fig)
+
+
+def test_smoothing_frame_shows_the_maxima_and_the_error_curve():
+    import numpy as np
+
+    model, calib = outlier_model(), tokens()
+    setup, _ = setup_for(model, calib)
+    curve = smoothing_curve(setup, alphas=(0.0, 0.25, 0.5, 0.75, 1.0))
+    frames = {a: smoothing_frame(smoothing_view(setup, a), curve) for a in (0.0, 0.5, 1.0)}
+    for alpha, frame in frames.items():
+        view = smoothing_view(setup, alpha)
+        assert [t["type"] for t in frame.traces] == ["scatter"] * 8 and frame.text == view.summary()
+        act_before, act_after, w_before, w_after = (t["y"] for t in frame.traces[:4])
+        assert np.array_equal(act_before, view.act_before.double().numpy())
+        assert np.array_equal(act_after, view.act_after.double().numpy())
+        assert np.array_equal(w_after, view.weight_after.double().numpy())
+        assert [t["xaxis"] for t in frame.traces] == ["x", "x", "x2", "x2"] + ["x3"] * 4
+        assert frame.traces[5]["y"].tolist() == [curve.naive_per_tensor] * 2     # dotted: no smoothing
+        assert frame.layout["shapes"][0]["x0"] == alpha and frame.layout["shapes"][0]["xref"] == "x3"
+        assert all(isinstance(t[k], np.ndarray) for t in frame.traces for k in ("x", "y"))
+    assert not np.array_equal(frames[0.0].traces[1]["y"], frames[1.0].traces[1]["y"])
+    assert not np.array_equal(frames[0.0].traces[3]["y"], frames[0.5].traces[3]["y"])
+
+
+def test_smoothing_panel_moves_alpha():
+    import html
+
+    model, calib = outlier_model(), tokens()
+    setup, _ = setup_for(model, calib)
+    curve = smoothing_curve(setup, alphas=ALPHAS[::5])
+    panel = smoothing_panel(setup, curve, "ln_1 -> q, k, v")
+    slider = panel.controls["alpha"]
+    assert (slider.value, tuple(slider.options), slider.description) == (0.5, tuple(ALPHAS), "alpha")
+    assert panel.error is None and panel.frames == 1
+    assert panel.figure.layout.width <= 840 and panel.figure.layout.height <= 840
+    assert "ln_1 -> q, k, v" in [a.text for a in panel.figure.layout.annotations]
+    afters = []
+    for i, alpha in enumerate((0.0, 0.85, 1.0, 0.0), 2):
+        slider.value = alpha
+        assert panel.error is None and panel.frames == i and len(panel.figure.data) == 8
+        assert panel.text.value.endswith(f">{html.escape(smoothing_view(setup, alpha).summary())}</pre>")
+        assert panel.figure.layout.shapes[0].x0 == alpha
+        afters.append(panel.figure.data[1].y)
+    assert (afters[0] == afters[3]).all() and (afters[0] != afters[1]).any()
 
 
 def test_table_equals_the_library_models():

@@ -38,6 +38,30 @@ def test_a_frame_is_applied_in_place_when_its_traces_keep_their_types():
     assert [a.text for a in fig.layout.annotations] == ["left", "right"], "the subplot titles were lost"
 
 
+def test_only_what_changed_since_the_previous_frame_is_sent():
+    x = np.arange(3.0)
+
+    def frame(a, b):
+        return Frame([{"type": "scatter", "x": x, "y": a * x}, {"type": "bar", "x": x, "y": b * x, **on_axes(2)}],
+                     {"xaxis": {"title": {"text": f"a = {a}"}}})
+
+    fig = live_figure(2)
+    one = frame(1.0, 1.0)
+    apply_frame(fig, one)
+    fig.data[1].y = [9.0] * 3          # changed behind the panel's back: a diff against `previous` cannot see it
+    two = frame(2.0, 1.0)
+    apply_frame(fig, two, previous=one)
+    assert list(fig.data[0].y) == [0.0, 2.0, 4.0] and fig.layout.xaxis.title.text == "a = 2.0"   # changed: sent
+    assert list(fig.data[1].y) == [9.0] * 3, "an unchanged property was sent again"
+    apply_frame(fig, frame(2.0, 3.0), previous=two)
+    assert list(fig.data[1].y) == [0.0, 3.0, 6.0]
+    nan = Frame([{"type": "scatter", "x": np.array([0.0, np.nan]), "y": np.array([1.0, 2.0])}])
+    apply_frame(fig, nan)
+    fig.data[0].x = [5.0, 6.0]
+    apply_frame(fig, Frame([{"type": "scatter", "x": np.array([0.0, np.nan]), "y": np.array([1.0, 2.0])}]), previous=nan)
+    assert list(fig.data[0].x) == [5.0, 6.0], "NaN != NaN made an unchanged array look changed"
+
+
 def test_shapes_replace_rather_than_merge():
     fig = live_figure(1)
     apply_frame(fig, Frame([{"type": "scatter", "x": [0, 1], "y": [0, 1]}], {"shapes": [vline_shape(0.5, 1)]}))

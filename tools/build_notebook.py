@@ -53,6 +53,10 @@ def build(src: Path) -> Path:
     mark_cells(nb, src.stem[:2])     # nbgrader's metadata on the exercises' cells (qlab.course.edition)
     out = src.parent.parent / (src.stem + ".ipynb")
     Executor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(out.parent)}})
+    # The widgets' saved state is not worth keeping: a plotly FigureWidget's holds the whole plotly.js bundle
+    # (~5 MB, anywidget's `_esm`) and none of its data, so it could not draw the figure anyway. A student
+    # runs the notebook; nbval ignores widget outputs.
+    nb.metadata.pop("widgets", None)
     nbformat.write(nb, out)
     return out
 

@@ -22,6 +22,7 @@ import torch
 
 from qlab.lessons import setup_notebook
 from qlab.course import check, reveal
+from qlab.lessons.formats import store_table_panel
 from qlab.number_formats import (FLOAT_FORMATS, compare_formats, format_memory_table, format_store_table,
                                  memory_table)
 
@@ -138,11 +139,8 @@ assert codes == [0b0_0111_000, 0b0_1000_000, 0b0_1111_110, 0b1_0000_000] and cod
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-import ipywidgets as widgets
-
-@widgets.interact(value=widgets.FloatText(value=3.14159), absmax=widgets.FloatText(value=4.0))
-def show(value, absmax):
-    print(format_store_table(compare_formats(value, absmax=absmax)))
+# the table follows the boxes (qlab.lessons.formats.store_table_panel)
+store_table_panel(value=3.14159, absmax=4.0)
 
 # %% [markdown]
 # ## What a model costs

@@ -23,7 +23,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -32,9 +31,9 @@ from qlab.checkpoint import load_model
 from qlab.course import check, reveal
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.evaluate import eval_windows, perplexity_on
-from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibrate_tensor, calibration_view,
-                                      format_calibration_table, layer_input, make_calibrators, peak_to_mean,
-                                      plot_calibration, w8a8_static_result, with_percentile)
+from qlab.lessons.calibration import (CALIBRATOR_NAMES, calibrate_model, calibrate_tensor, calibration_panel,
+                                      calibration_view, format_calibration_table, layer_input, make_calibrators,
+                                      peak_to_mean, plot_calibration, w8a8_static_result)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -163,12 +162,8 @@ assert abs(amax["moving_average"] - first) < abs(amax["moving_average"] - amax["
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(p=widgets.SelectionSlider(options=[90, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100], value=99.99))
-def show(p):
-    pview = with_percentile(view, x, p, batch_rows=2 * 256)
-    plot_calibration(pview, f"percentile {p}")
-    plt.show()
-    print(pview.table())
+# the figure updates in place as the slider moves (qlab.lessons.calibration.calibration_panel)
+calibration_panel(view, x, batch_rows=2 * 256, value=99.99)
 
 # %% [markdown]
 # ## What it does to the model

@@ -21,7 +21,6 @@
 # The code: `qlab/lessons/granularity.py` (tested in `tests/test_lessons_granularity.py`).
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -31,9 +30,9 @@ from qlab.checkpoint import load_model
 from qlab.corpus import calibration_samples
 from qlab.course import check, reveal
 from qlab.lessons.calibration import layer_input
-from qlab.lessons.granularity import (GROUP_SIZES, activation_granularities, channel_errors, compare_granularities,
+from qlab.lessons.granularity import (activation_granularities, channel_errors, compare_granularities,
                                       format_granularity_table, format_group_sweeps, group_size_sweep,
-                                      plot_channel_errors, plot_group_sweep, weight_granularities)
+                                      group_sweep_panel, plot_channel_errors, weight_granularities)
 from qlab.outliers import outlier_report
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
@@ -173,11 +172,8 @@ assert abs(sweeps[2].bits_per_element[sweeps[2].group_sizes.index(128)] - 4.25) 
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(bits=widgets.IntSlider(value=4, min=2, max=8),
-                  group_size=widgets.SelectionSlider(options=GROUP_SIZES, value=128))
-def show(bits, group_size):
-    plot_group_sweep(sweeps, group_size, bits)
-    plt.show()
+# the star moves in place as the sliders move (qlab.lessons.granularity.group_sweep_panel)
+group_sweep_panel(sweeps, bits=4, group_size=128)
 
 # %% [markdown]
 # **Take-away.** Compare points on a vertical line (equal cost): is a bit better spent on more levels

@@ -18,7 +18,6 @@
 # `qlab.codebook`.
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -29,8 +28,8 @@ from qlab.corpus import calibration_samples
 from qlab.course import check, reveal
 from qlab.granularity import PerGroup
 from qlab.lessons.calibration import layer_input, peak_to_mean
-from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_view, plot_grid,
-                                  score_formats, synthetic_samples, winners)
+from qlab.lessons.formats import (FORMATS, format_levels, format_score_table, format_spec, grid_panel, grid_view,
+                                  plot_grid, score_formats, synthetic_samples, winners)
 from qlab.quantize import fake_quantize
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
@@ -177,11 +176,8 @@ plt.show()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(distribution=list(samples), fmt=widgets.Dropdown(options=list(FORMATS), value="nf4"),
-                  zoom=widgets.FloatLogSlider(value=1.0, base=10, min=-2, max=0, step=0.1))
-def show(distribution, fmt, zoom):
-    plot_grid(grid_view(samples[distribution], distribution, fmt, zoom))
-    plt.show()
+# the figure updates in place as the controls move (qlab.lessons.formats.grid_panel)
+grid_panel(samples, fmt="nf4")
 
 # %%
 # the prose above, checked: the float grids' steps grow away from 0, the integer grids' are all equal

@@ -29,7 +29,6 @@
 # that holds 0 means the difference is not measurable on these windows.
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -44,7 +43,7 @@ from qlab.outliers import outlier_twin
 from qlab.stats import perplexity_cell
 from qlab.lessons.smoothing import (ALPHAS, channel_profile, format_int8_table, format_smoothing_curve,
                                     format_smoothquant_table, groups_from_stats, llm_int8_sweep, plot_channel_profile,
-                                    plot_smoothing, smoothing_curve, smoothing_setup, smoothing_view, smoothquant_table)
+                                    smoothing_curve, smoothing_panel, smoothing_setup, smoothquant_table)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -208,12 +207,8 @@ print(format_smoothing_curve(curve, every=4))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(alpha=widgets.SelectionSlider(options=list(ALPHAS), value=0.5))
-def show(alpha):
-    view = smoothing_view(setup, alpha)
-    plot_smoothing(view, curve, f"{group.norm} -> {', '.join(n.rpartition('.')[2] for n in group.linears)}")
-    plt.show()
-    print(view.summary())
+# the figure updates in place as the slider moves (qlab.lessons.smoothing.smoothing_panel)
+smoothing_panel(setup, curve, f"{group.norm} -> {', '.join(n.rpartition('.')[2] for n in group.linears)}", value=0.5)
 
 # %% [markdown]
 # ## The whole model

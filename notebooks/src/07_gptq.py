@@ -23,7 +23,6 @@
 # `qlab/lessons/gptq_steps.py` (tested in `tests/test_lessons_gptq_steps.py`).
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -36,8 +35,8 @@ from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.phenomena import format_recoveries
 from qlab.stats import change_cell, perplexity_cell, recovery
 from qlab.layers.swap import QuantRecipe, quantize_model
-from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_trajectory, layer_errors,
-                                     layer_hessians, naive_vs_lazy, plot_gptq_frame, plot_hessian)
+from qlab.lessons.gptq_steps import (block_linears, format_layer_errors, gptq_frame, gptq_step_panel, gptq_trajectory,
+                                     layer_errors, layer_hessians, naive_vs_lazy, plot_hessian)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -76,12 +75,8 @@ for q in (0, 64, 128, W.shape[1]):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(column=widgets.IntSlider(value=64, min=0, max=W.shape[1]))
-def show(column):
-    frame = gptq_frame(traj, column)
-    plot_gptq_frame(frame, traj)
-    plt.show()
-    print(frame.summary())
+# the figure updates in place as the slider moves (qlab.lessons.gptq_steps.gptq_step_panel)
+gptq_step_panel(traj, value=64)
 
 # %% [markdown]
 # The last weights are not the rounded originals: GPTQ's values sit on the same grid, but many weights

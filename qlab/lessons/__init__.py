@@ -6,8 +6,10 @@ for example:
     granularity.py   notebook 3: per-tensor / channel / token / group, and what the scales cost
     formats.py       notebook 4: fp8, fp4, NF4, power-of-two and integer grids on several distributions
 
-Each widget of a notebook calls a pure compute function returning a small dataclass (the figure's
-data, tested in tests/test_lessons_<module>.py) and a plot function that draws it.
+Each slider panel of a notebook (``qlab.live``) calls a pure compute function returning a small dataclass
+(the figure's data), a frame function that turns it into plotly traces (``<name>_frame``: what the panel's
+figure shows, updated in place) and a ``<name>_panel`` that builds the controls; all tested in
+tests/test_lessons_<module>.py. Static figures are drawn by matplotlib plot functions.
 """
 
 import gc

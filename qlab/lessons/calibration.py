@@ -18,14 +18,17 @@ P(|x| > t), which it cuts where it reaches (100 - p)%.
 Here: ``calibrate_model`` runs every calibrator on the input of every linear layer at once (one
 forward pass per batch, ``qlab.capture_activations`` with a ``CalibratorBank`` per layer);
 ``peak_to_mean`` finds the input with the longest tail and ``layer_input`` keeps it whole;
-``calibration_view`` scores each threshold on it (SQNR, clipped share) for the figure; ``w8a8_static_perplexity`` swaps every linear for
+``calibration_view`` scores each threshold on it (SQNR, clipped share) for the figure (``calibration_panel``:
+the percentile slider); ``w8a8_static_perplexity`` swaps every linear for
 ``qlab.W8A8Linear`` with the calibrated static per-tensor scales (``qlab.quantize_model``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -42,6 +45,9 @@ from qlab.metrics import sqnr_db
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame
 
 CALIBRATOR_NAMES = ("minmax", "moving_average", "percentile", "entropy", "mse")
 COLORS = {"minmax": "tab:red", "moving_average": "tab:orange", "percentile": "tab:green",
@@ -252,3 +258,82 @@ def format_calibration_table(view: CalibrationView, perplexities: Mapping, float
                      f"{ppl_of(r):9.4f} {change_cell(float_ppl, r, width=26)}")
     lines.append(f"{'float':<15} {'':>9} {'':>8} {ppl_of(float_ppl):9.4f}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the percentile panel
+
+PERCENTILES = (90, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100)   # the slider's positions
+HEX = {"tab:red": "#d62728", "tab:orange": "#ff7f0e", "tab:green": "#2ca02c", "tab:purple": "#9467bd",
+       "tab:blue": "#1f77b4"}
+
+
+def _finite(values: Tensor):
+    """float64 numpy copy with inf (an infinite KL, an empty tail on a log axis) as NaN: a gap in the line."""
+    v = values.detach().double().clone()
+    v[~torch.isfinite(v)] = float("nan")
+    return v.numpy()
+
+
+def calibration_frame(view: CalibrationView, title: str = "") -> Frame:
+    """The plotly twin of ``plot_calibration`` as a ``qlab.live.Frame``: left (subplot 1) the |x|
+    histogram with every threshold; right (subplots 2-4) the tail P(|x| > t), the KL and the MSE curves,
+    each with its calibrator's threshold dashed. The text is ``view.table()``."""
+    import numpy as np
+
+    from qlab.live import Frame, on_axes, stairs, vline_shape
+
+    top = max(float(view.counts.max()), 1.0)
+    traces = [stairs(view.counts.clamp(min=0.1), view.edges, 1, name="|x|", fillcolor="#b3b3b3", showlegend=False)]
+    for name in CALIBRATOR_NAMES:          # a fixed set and order of traces: the panel only restyles
+        r = view.results.get(name)
+        amax = float(r.amax) if r is not None else float("nan")
+        label = f"{name}: {amax:.3f} ({view.sqnr_db[name]:.1f} dB)" if r is not None else name
+        traces.append({"type": "scatter", "mode": "lines", "x": np.array([amax, amax]), "y": np.array([0.5, 2 * top]),
+                       "name": label, "line": {"color": HEX[COLORS[name]], "width": 1.5}, **on_axes(1)})
+    t, above = view.tail
+    curves = {"percentile": (t, above.double().where(above > 0, torch.tensor(float("nan"), dtype=torch.float64)))}
+    for name in ("entropy", "mse"):
+        r = view.results.get(name)
+        curves[name] = r.curve if r is not None and r.curve is not None else (torch.zeros(0), torch.zeros(0))
+    shapes, right = [], float(view.edges[-1])
+    for k, (name, (c, loss)) in enumerate(curves.items(), start=2):
+        traces.append({"type": "scatter", "mode": "lines", "x": _finite(c), "y": _finite(loss), "name": name,
+                       "showlegend": False, "connectgaps": False, "line": {"color": HEX[COLORS[name]], "width": 1},
+                       **on_axes(k)})
+        if name in view.results:
+            shapes.append(vline_shape(float(view.results[name].amax), k, color=HEX[COLORS[name]]))
+        right = max(right, float(c.max()) if c.numel() else right)
+    kl = curves["entropy"][1]
+    kl_top = float(kl[torch.isfinite(kl)].max()) * 1.05 if torch.isfinite(kl).any() else 1.0
+    layout = {"shapes": shapes,
+              "title": {"text": title or "|x| and the calibrated thresholds", "font": {"size": 13}, "y": 0.98},
+              "xaxis": {"title": {"text": "|x|"}, "range": [0, right]},
+              "yaxis": {"title": {"text": "count"}, "type": "log", "range": [math.log10(0.5), math.log10(top) + 2.4]},
+              "yaxis2": {"title": {"text": "P(|x| > t)", "font": {"size": 10}}, "type": "log"},
+              "yaxis3": {"title": {"text": "KL(P||Q)", "font": {"size": 10}}, "range": [0, kl_top]},
+              "yaxis4": {"title": {"text": "MSE (histogram)", "font": {"size": 10}}, "type": "log"},
+              "xaxis4": {"title": {"text": "threshold t"}}}
+    for k in (2, 3, 4):     # one threshold axis for the three curves: tick labels under the last only
+        layout.setdefault(f"xaxis{k}", {}).update(range=[0, right], showticklabels=k == 4)
+    return Frame(traces, layout, view.table())
+
+
+def calibration_panel(view: CalibrationView, x: Tensor, batch_rows: int, value: float = 99.99):
+    """Notebook 2's panel: the Percentile calibrator's p (``PERCENTILES``); the other thresholds stay
+    those of ``view`` (``with_percentile``). Each p is computed once, when first shown."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    views: dict[float, CalibrationView] = {}
+
+    def render(p: float):
+        if p not in views:
+            views[p] = with_percentile(view, x, p, batch_rows=batch_rows)
+        return calibration_frame(views[p], f"percentile {p}")
+
+    figure = live_figure(2, rows=3, height=480, specs=[[{"rowspan": 3}, {}], [None, {}], [None, {}]],
+                         column_widths=[0.58, 0.42], horizontal_spacing=0.12, vertical_spacing=0.06)
+    figure.update_layout(legend={"x": 0.51, "xanchor": "right", "y": 1.0, "bgcolor": "rgba(255,255,255,0.7)"})
+    return live(render, figure,
+                p=widgets.SelectionSlider(options=list(PERCENTILES), value=value, description="p"))

@@ -12,13 +12,17 @@ bits on a non-uniform grid, all scaled per block by the absmax (``scale = amax /
 For a distribution p(x) a grid with local spacing D(x) has rounding noise ~ integral p(x) D(x)^2 / 12:
 a grid is good where it is dense where p is. Gaussian weights favour nf4; heavy tails (Laplace,
 activations with outliers) favour floats; a uniform distribution favours the uniform grid.
-``score_formats`` measures it on samples; ``grid_view`` draws one grid over one histogram.
+``score_formats`` measures it on samples; ``grid_view`` draws one grid over one histogram (``grid_panel``:
+notebook 4's slider). ``store_table_panel`` is notebook 0's box: one number in every format
+(``qlab.number_formats``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -28,9 +32,13 @@ from qlab.codebook import Codebook
 from qlab.granularity import Granularity, PerTensor
 from qlab.lessons import log_yscale
 from qlab.metrics import mse, sqnr_db
+from qlab.number_formats import compare_formats, format_store_table
 from qlab.quantize import choose_qparams, element_format, fake_quantize
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame
 
 # name -> (format, bits) of the QuantSpec; the integers use the symmetric narrow range.
 FORMATS: dict[str, tuple[str, int | None]] = {
@@ -157,6 +165,16 @@ def grid_view(x: Tensor, distribution: str, name: str, zoom: float = 1.0, num_bi
                     mse(x, x_hat), sqnr_db(x, x_hat))
 
 
+def zoom_view(view: GridView, x: Tensor, zoom: float, num_bins: int = 160) -> GridView:
+    """``grid_view(x, ..., zoom)`` from the whole-range ``view`` of the same x and format: only the histogram
+    and the levels shown depend on the zoom, not the quantization (the slow part on a large tensor)."""
+    if not 0 < zoom <= 1:
+        raise ValueError(f"zoom must be in (0, 1], got {zoom!r}")
+    half = zoom * float(x.detach().abs().max())
+    counts, edges = torch.histogram(x.detach().float().reshape(-1), bins=num_bins, range=(-half, half))
+    return replace(view, levels=view.levels[view.levels.abs() <= half * (1 + 1e-6)], counts=counts, edges=edges)
+
+
 MARGIN = 1.04   # the x range of plot_grid, relative to the histogram's: every level drawn stays visible
 
 
@@ -178,3 +196,63 @@ def plot_grid(views: GridView | Sequence[GridView]) -> plt.Figure:
     height = fig.get_figheight()  # fixed margins in inches: no layout pass per slider move
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.55 / height, top=1 - 0.35 / height, hspace=0.45)
     return fig
+
+
+# ----------------------------------------------------------------------------- the slider panels
+
+
+def grid_frame(view: GridView) -> Frame:
+    """Notebook 4's picture of one grid as a ``qlab.live.Frame`` (the plotly twin of ``plot_grid`` for one
+    view): the histogram (log counts) and the grid's levels as vertical lines, one trace each."""
+    from qlab.live import Frame, stairs, vlines
+
+    counts = view.counts.clamp(min=0.1)      # an empty bin on a log axis: below the frame, not a gap in the fill
+    top = max(float(view.counts.max()), 1.0) * 2
+    half = float(max(-view.edges[0], view.edges[-1]))
+    n = view.levels.numel()
+    traces = [stairs(counts, view.edges, 1, name="values", fillcolor="#b3b3b3", showlegend=False),
+              vlines(view.levels, 0.5, top, 1, name="levels", showlegend=False,
+                     line={"color": "#1f77b4", "width": 0.5 if n > 64 else 1.2}, opacity=0.7)]
+    layout = {"xaxis": {"title": {"text": "value"}, "range": [-MARGIN * half, MARGIN * half]},
+              "yaxis": {"title": {"text": "count"}, "type": "log", "range": [math.log10(0.5), math.log10(top)]},
+              "title": {"text": f"{view.distribution} in {view.format}: {n} levels shown, SQNR {view.sqnr_db:.2f} dB",
+                        "font": {"size": 13}, "y": 0.97}}
+    return Frame(traces, layout, "")
+
+
+def grid_panel(samples: Mapping[str, Tensor], fmt: str = "nf4"):
+    """Notebook 4's panel: any sample of ``samples`` (name -> tensor) in any format of ``FORMATS``, zoomed."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    whole: dict[tuple[str, str], GridView] = {}   # each (sample, format) quantized once, when first shown
+
+    def render(distribution: str, fmt: str, zoom: float):
+        x = samples[distribution]
+        if (distribution, fmt) not in whole:
+            whole[distribution, fmt] = grid_view(x, distribution, fmt)
+        return grid_frame(zoom_view(whole[distribution, fmt], x, zoom))
+
+    figure = live_figure(1, height=340)
+    return live(render, figure,
+                distribution=widgets.Dropdown(options=list(samples), description="distribution"),
+                fmt=widgets.Dropdown(options=list(FORMATS), value=fmt, description="fmt"),
+                zoom=widgets.FloatLogSlider(value=1.0, base=10, min=-2, max=0, step=0.1, description="zoom"))
+
+
+def store_table_frame(value: float, absmax: float) -> Frame:
+    """Notebook 0's box: ``value`` stored in every format (integers scaled by ``absmax``), as a table."""
+    from qlab.live import Frame
+
+    return Frame(text=format_store_table(compare_formats(value, absmax=absmax)))
+
+
+def store_table_panel(value: float = 3.14159, absmax: float = 4.0):
+    """Notebook 0's panel: type a number (and the tensor's absmax for the integers); the table follows."""
+    import ipywidgets as widgets
+
+    from qlab.live import live
+
+    return live(store_table_frame, None, value=widgets.FloatText(value=value, description="value"),
+                absmax=widgets.FloatText(value=absmax, description="absmax"))

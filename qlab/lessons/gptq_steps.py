@@ -13,14 +13,16 @@ weighted by the inverse Hessian, is pushed onto the columns to its right (Optima
 ``gptq_trajectory`` runs exactly that loop (``gptq_naive``'s arithmetic) on a few rows and keeps the
 weights after every column: the slider only indexes it. Rows are independent of each other (H is shared,
 each row has its own error and its own scales), so a slice of rows follows the same path as in the full
-matrix. ``layer_errors`` compares GPTQ with round-to-nearest on every linear; the relative output error
-is read from the Hessian: ||X E^T||^2 / ||X W^T||^2 = tr(E H E^T) / tr(W H W^T), E = W - Q.
+matrix (``gptq_step_panel`` draws it). ``layer_errors`` compares GPTQ with round-to-nearest on every
+linear; the relative output error is read from the Hessian:
+||X E^T||^2 / ||X W^T||^2 = tr(E H E^T) / tr(W H W^T), E = W - Q.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -33,6 +35,9 @@ from qlab.granularity import PerAxis, PerGroup
 from qlab.quantize import choose_qparams, fake_quantize
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame
 
 
 # ----------------------------------------------------------------------------- the Hessian
@@ -163,25 +168,51 @@ def gptq_frame(traj: GPTQTrajectory, column: int) -> GPTQFrame:
     return GPTQFrame(column, w, w - traj.original, float(traj.losses[:column].sum()), traj.rows)
 
 
-def plot_gptq_frame(frame: GPTQFrame, traj: GPTQTrajectory, row: int = 0) -> plt.Figure:
-    """Top: how far every weight of the rows moved (the error feedback spreads to the right of the line).
-    Bottom: one row, original vs now vs round-to-nearest."""
-    fig, axes = plt.subplots(2, 1, figsize=(FIGURE_WIDTH, 5.6), sharex=True, gridspec_kw={"height_ratios": (1.2, 1)})
-    fig.subplots_adjust(left=0.09, right=0.9, bottom=0.09, top=0.94, hspace=0.22)   # before the colour bar takes its share
-    lim = float((traj.weights[-1] - traj.original).abs().max())
-    im = axes[0].imshow(frame.moved.numpy(), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    fig.colorbar(im, ax=axes, fraction=0.02, label="w_now - w_original")
-    axes[0].axvline(frame.column - 0.5, color="k", lw=1)
-    axes[0].set(ylabel="row (slice)", title=f"after {frame.column} columns: quantized | updated, not yet quantized")
-    k = torch.arange(frame.weights.shape[1]).numpy()
-    axes[1].plot(k, traj.original[row].numpy(), color="0.6", lw=1, label="original")
-    axes[1].plot(k, traj.rtn[row].numpy(), color="tab:orange", lw=0.8, ls=":", label="round-to-nearest")
-    axes[1].plot(k, frame.weights[row].numpy(), color="tab:blue", lw=1, label="GPTQ, now")
-    axes[1].axvline(frame.column - 0.5, color="k", lw=1)
-    axes[1].set(xlabel="input column k", ylabel=f"W[{int(frame.rows[row])}, k]")
-    # above the row, between the panels: over the data it would hide weights (a fixed place: "best" is slow)
-    axes[1].legend(fontsize=8, ncol=3, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, borderaxespad=0.2)
-    return fig
+def gptq_step_frame(frame: GPTQFrame, traj: GPTQTrajectory, row: int = 0) -> Frame:
+    """The column slider's picture as a ``qlab.live.Frame``. Top (subplot 1): how far every weight of the
+    rows moved, on a colour scale fixed by the whole run (the error feedback spreads to the right of the
+    line). Bottom (subplot 2): one row, original vs now vs round-to-nearest. The text is ``frame.summary()``."""
+    import numpy as np
+
+    from qlab.live import Frame, on_axes, vline_shape
+
+    K = frame.weights.shape[1]
+    k = np.arange(K, dtype=float)
+    lim = float((traj.weights[-1] - traj.original).abs().max()) or 1.0
+    traces = [{"type": "heatmap", "z": frame.moved.double().numpy(), "x": k,
+               "y": np.arange(frame.moved.shape[0], dtype=float), "zmin": -lim, "zmax": lim, "zmid": 0.0,
+               "colorscale": "RdBu", "reversescale": True, "name": "moved",
+               "colorbar": {"title": {"text": "w_now - w_original", "side": "right"}, "len": 0.5, "y": 1.0,
+                            "yanchor": "top", "thickness": 12},
+               "hovertemplate": "column %{x}, row %{y}: %{z:.2e}<extra></extra>", **on_axes(1)}]
+    for name, values, line in (("original", traj.original[row], {"color": "#999999", "width": 1}),
+                               ("round-to-nearest", traj.rtn[row], {"color": "#ff7f0e", "width": 1, "dash": "dot"}),
+                               ("GPTQ, now", frame.weights[row], {"color": "#1f77b4", "width": 1})):
+        traces.append({"type": "scatter", "mode": "lines", "x": k, "y": values.double().numpy(), "name": name,
+                       "line": line, **on_axes(2)})
+    layout = {"shapes": [vline_shape(frame.column - 0.5, 1, dash="solid"), vline_shape(frame.column - 0.5, 2, dash="solid")],
+              "title": {"text": f"after {frame.column} columns: quantized | updated, not yet quantized",
+                        "font": {"size": 13}, "y": 0.98},
+              "xaxis": {"range": [-0.5, K - 0.5]},
+              "yaxis": {"title": {"text": "row (slice)"}, "autorange": "reversed"},
+              "xaxis2": {"title": {"text": "input column k"}, "range": [-0.5, K - 0.5]},
+              "yaxis2": {"title": {"text": f"W[{int(frame.rows[row])}, k]"}}}
+    return Frame(traces, layout, frame.summary())
+
+
+def gptq_step_panel(traj: GPTQTrajectory, value: int = 64, row: int = 0):
+    """Notebook 7's panel: the column slider (0 ... K) over the precomputed trajectory ``traj``."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    K = traj.original.shape[1]
+    figure = live_figure(1, rows=2, height=520, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.1)
+    # the legend above the row's panel, at its right: over the data it would hide weights
+    figure.update_layout(legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 0.41, "yanchor": "bottom"},
+                         margin={"t": 50})
+    return live(lambda column: gptq_step_frame(gptq_frame(traj, column), traj, row), figure,
+                column=widgets.IntSlider(value=value, min=0, max=K, description="column"))
 
 
 # ----------------------------------------------------------------------------- GPTQ vs RTN

@@ -17,7 +17,7 @@ The cost is the metadata: with a 16-bit scale (and zero point) per block of B el
     bits per element = b + (scale_bits + zero_bits) / B          (``qlab.sizes.effective_bits_per_weight``)
 
 ``compare_granularities`` measures error and cost side by side; ``channel_errors`` shows where the
-error lands (one heatmap row per granularity); ``group_size_sweep`` is the slider's trade-off curve.
+error lands (one heatmap row per granularity); ``group_size_sweep`` is the slider's trade-off curve (``group_sweep_panel``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -36,6 +37,9 @@ from qlab.quantize import fake_quantize
 from qlab.sizes import effective_bits_per_weight
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame
 
 GROUP_SIZES = (8, 16, 32, 64, 128, 256)  # the slider's positions
 
@@ -169,19 +173,50 @@ def format_group_sweeps(sweeps: Sequence[GroupSweep]) -> str:
     return "\n".join(lines)
 
 
-def plot_group_sweep(sweeps: Sequence[GroupSweep], group_size: int, bits: int) -> plt.Figure:
-    """SQNR against bits per element, one line per bit width; the slider's (bits, group size) starred."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for s in sweeps:
-        ax.plot(s.bits_per_element, s.sqnr_db, "o-", ms=3, label=f"int{s.bits}")
-        for g, b, q in zip(s.group_sizes, s.bits_per_element, s.sqnr_db):
-            if s.bits == bits:
-                ax.annotate(str(g), (b, q), fontsize=7, textcoords="offset points", xytext=(3, -9))
-            if s.bits == bits and g == group_size:
-                ax.plot(b, q, "r*", ms=14, label=f"int{bits}, group {g}: {b:.3f} bits, {q:.1f} dB")
-    ax.set(xlabel="bits per element (codes + fp16 scale and zero point)", ylabel="SQNR (dB)",
-           title="error against cost, group sizes labelled")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.92)  # fixed: no layout pass per slider move
-    return fig
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")   # matplotlib's tab10: the line colours of the other lessons' figures
+
+
+def group_sweep_frame(sweeps: Sequence[GroupSweep], group_size: int, bits: int) -> Frame:
+    """SQNR against bits per element, one line per bit width, the group sizes of ``bits`` labelled and the
+    slider's (bits, group size) starred, as a ``qlab.live.Frame``: the same traces for every position
+    (a star without a matching sweep is empty)."""
+    import numpy as np
+
+    from qlab.live import Frame
+
+    traces = [{"type": "scatter", "mode": "lines+markers", "x": np.array(s.bits_per_element, dtype=float),
+               "y": np.array(s.sqnr_db, dtype=float), "name": f"int{s.bits}", "marker": {"size": 5},
+               "line": {"color": PALETTE[i % len(PALETTE)], "width": 1.5}} for i, s in enumerate(sweeps)]
+    chosen = next((s for s in sweeps if s.bits == bits), None)
+    xs, ys = (np.array(chosen.bits_per_element, dtype=float), np.array(chosen.sqnr_db, dtype=float)) if chosen \
+        else (np.zeros(0), np.zeros(0))
+    labels = [str(g) for g in chosen.group_sizes] if chosen else []
+    traces.append({"type": "scatter", "mode": "text", "x": xs, "y": ys, "text": labels, "textposition": "bottom right",
+                   "textfont": {"size": 9}, "name": "group sizes", "showlegend": False, "hoverinfo": "skip"})
+    star, name = (np.zeros(0), np.zeros(0)), f"int{bits}, group {group_size}: not computed"
+    if chosen is not None and group_size in chosen.group_sizes:
+        i = chosen.group_sizes.index(group_size)
+        b, q = chosen.bits_per_element[i], chosen.sqnr_db[i]
+        star, name = (np.array([b]), np.array([q])), f"int{bits}, group {group_size}: {b:.3f} bits, {q:.1f} dB"
+    traces.append({"type": "scatter", "mode": "markers", "x": star[0], "y": star[1], "name": name,
+                   "marker": {"symbol": "star", "size": 15, "color": "red"}})
+    layout = {"xaxis": {"title": {"text": "bits per element (codes + fp16 scale and zero point)"}},
+              "yaxis": {"title": {"text": "SQNR (dB)"}},
+              "title": {"text": "error against cost, group sizes labelled", "font": {"size": 13}, "y": 0.97}}
+    return Frame(traces, layout, "")
+
+
+def group_sweep_panel(sweeps: Sequence[GroupSweep], bits: int = 4, group_size: int = 128):
+    """Notebook 3's panel: the bit width and the group size pick the star on the precomputed ``sweeps``."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    figure = live_figure(1, height=420)
+    # upper left: the lines run from lower left (few bits) to upper right (many), that corner stays empty
+    figure.update_layout(legend={"x": 0.01, "xanchor": "left", "y": 0.99, "yanchor": "top",
+                                 "bgcolor": "rgba(255,255,255,0.8)"}, margin={"t": 50})
+    return live(lambda bits, group_size: group_sweep_frame(sweeps, group_size, bits), figure,
+                bits=widgets.IntSlider(value=bits, min=2, max=8, description="bits"),
+                group_size=widgets.SelectionSlider(options=GROUP_SIZES, value=group_size, description="group_size"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -35,6 +36,9 @@ from qlab.metrics import ErrorSplit, error_split, sqnr_db
 from qlab.quantize import compute_qparams, fake_quantize
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 CLIPS = torch.arange(2, 101, dtype=torch.float64) / 100  # the slider's positions: 0.02 .. 1.00
 _BLOCK_ELEMENTS = 1 << 21  # elements of one (candidates, N) block in clip_error_curve
@@ -240,7 +244,7 @@ def one_tensor_frame(view: OneTensorView, curve: ClipCurve) -> "Frame":
     return Frame(traces, layout, view.summary())
 
 
-def one_tensor_panel(x: Tensor, curves: dict | None = None):
+def one_tensor_panel(x: Tensor, curves: dict | None = None) -> "LivePanel":
     """Notebook 1's slider panel: bits, clip and symmetric for the tensor ``x``. ``curves`` maps
     (bits, symmetric) to its ``ClipCurve`` (computed here for what is missing, once)."""
     import ipywidgets as widgets

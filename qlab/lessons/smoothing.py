@@ -11,7 +11,7 @@ the other channels get a coarse grid. Two answers:
 * SmoothQuant: divide input channel j by ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (folded into
   the preceding LayerNorm) and multiply weight column j by it: ``X W^T = (X / s)(W s)^T``. The
   activation maxima shrink, the weight maxima grow (``qlab.algorithms.smoothing_effect``).
-  ``smoothing_view`` is the alpha slider: the maxima before and after, and the output error of one
+  ``smoothing_view`` is the alpha slider (``smoothing_panel``): the maxima before and after, and the output error of one
   group's W8A8 product on captured rows, both ways of scaling activations:
 
       per tensor (static)   x_hat = Q(x / s; amax = max_j(max|X_j| / s_j))     weights: per output channel
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib.pyplot as plt
 import torch
@@ -43,6 +43,9 @@ from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.outliers import LLM_INT8_THRESHOLD
 from qlab.stats import change_cell, perplexity_cell
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame
 
 ACTS = ("per_tensor", "per_token")
 ALPHAS = ALPHA_GRID   # the alpha slider: 0.00, 0.05, ..., 1.00 (the grid of alpha="auto")
@@ -220,27 +223,61 @@ def format_smoothing_curve(curve: SmoothingCurve, every: int = 1) -> str:
     return "\n".join(lines)
 
 
-def plot_smoothing(view: SmoothingView, curve: SmoothingCurve, title: str = "") -> plt.Figure:
-    """Activation maxima and weight maxima per channel, before / after; the error against alpha."""
-    fig, axes = plt.subplots(1, 3, figsize=(FIGURE_WIDTH, 3.6))
-    c = torch.arange(view.scales.numel()).numpy()
-    for ax, before, after, what in ((axes[0], view.act_before, view.act_after, "max |x|"),
-                                    (axes[1], view.weight_before, view.weight_after, "max |W|")):
-        ax.plot(c, before.numpy(), color="0.6", lw=1, label="before")
-        ax.plot(c, after.numpy(), color="tab:blue", lw=1, label=f"after (alpha {view.alpha:.2f})")
-        ax.set(xlabel="input channel", ylabel=what, title=f"{what} per channel")
-        ax.legend(fontsize=8, loc="upper right")  # a fixed place: "best" is slow to find on a slider
-    ax = axes[2]
-    for values, naive, name, color in ((curve.per_tensor, curve.naive_per_tensor, "per-tensor", "tab:red"),
-                                       (curve.per_token, curve.naive_per_token, "per-token", "tab:green")):
-        ax.plot(curve.alphas.numpy(), values.numpy(), color=color, label=f"SmoothQuant {name}")
-        ax.axhline(naive, color=color, ls=":", lw=1, label=f"naive {name}")
-    ax.axvline(view.alpha, color="k", ls="--", lw=1)
-    ax.set_ylim(bottom=0)
-    ax.set(xlabel="alpha", ylabel="relative output error", title=title or "W8A8 error of the group")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.14, top=0.9, wspace=0.45)  # tight_layout is slow for a slider
-    return fig
+def smoothing_frame(view: SmoothingView, curve: SmoothingCurve) -> Frame:
+    """The alpha slider's picture as a ``qlab.live.Frame``: activation maxima and weight maxima per
+    channel, before / after (subplots 1, 2); the W8A8 error against alpha, dotted without smoothing, the
+    slider's alpha dashed (subplot 3). The text is ``view.summary()``."""
+    import numpy as np
+
+    from qlab.live import Frame, on_axes, vline_shape
+
+    c = np.arange(view.scales.numel(), dtype=float)
+    traces = []
+    for k, before, after in ((1, view.act_before, view.act_after), (2, view.weight_before, view.weight_after)):
+        traces.append({"type": "scatter", "mode": "lines", "x": c, "y": before.double().numpy(), "name": "before",
+                       "legendgroup": "before", "showlegend": k == 1, "line": {"color": "#999999", "width": 1},
+                       **on_axes(k)})
+        traces.append({"type": "scatter", "mode": "lines", "x": c, "y": after.double().numpy(),
+                       "name": f"after (alpha {view.alpha:.2f})", "legendgroup": "after", "showlegend": k == 1,
+                       "line": {"color": "#1f77b4", "width": 1}, **on_axes(k)})
+    alphas = curve.alphas.double().numpy()
+    for values, naive, name, color in ((curve.per_tensor, curve.naive_per_tensor, "per-tensor", "#d62728"),
+                                       (curve.per_token, curve.naive_per_token, "per-token", "#2ca02c")):
+        traces.append({"type": "scatter", "mode": "lines", "x": alphas, "y": values.double().numpy(),
+                       "name": f"SmoothQuant {name}", "line": {"color": color, "width": 1.5}, **on_axes(3)})
+        traces.append({"type": "scatter", "mode": "lines", "x": np.array([alphas[0], alphas[-1]]),
+                       "y": np.array([naive, naive]), "name": f"naive {name}",
+                       "line": {"color": color, "width": 1, "dash": "dot"}, **on_axes(3)})
+    top = max(float(curve.per_tensor.max()), float(curve.per_token.max()), curve.naive_per_tensor,
+              curve.naive_per_token)
+    layout = {"shapes": [vline_shape(view.alpha, 3)],
+              "xaxis": {"title": {"text": "input channel"}}, "yaxis": {"title": {"text": "max |x|"}},
+              "xaxis2": {"title": {"text": "input channel"}}, "yaxis2": {"title": {"text": "max |W|"}},
+              "xaxis3": {"title": {"text": "alpha"}},
+              "yaxis3": {"title": {"text": "relative output error"}, "range": [0, 1.05 * top]}}
+    return Frame(traces, layout, view.summary())
+
+
+def smoothing_panel(setup: SmoothingSetup, curve: SmoothingCurve, title: str = "", value: float = 0.5):
+    """Notebook 6's panel: alpha (``ALPHAS``) for the group of ``setup``; ``curve``: its precomputed
+    errors (``smoothing_curve``); ``title``: the error plot's (default "W8A8 error of the group")."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    figure = live_figure(3, titles=("max |x| per channel", "max |W| per channel", title or "W8A8 error of the group"),
+                         height=400, horizontal_spacing=0.09)
+    figure.update_layout(legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.2, "yanchor": "top"},
+                         margin={"b": 90})
+    views: dict[float, SmoothingView] = {}    # each alpha computed once (~60 ms: two W8A8 products), when first shown
+
+    def render(alpha: float):
+        if alpha not in views:
+            views[alpha] = smoothing_view(setup, alpha)
+        return smoothing_frame(views[alpha], curve)
+
+    return live(render, figure,
+                alpha=widgets.SelectionSlider(options=list(ALPHAS), value=value, description="alpha"))
 
 
 # ----------------------------------------------------------------------------- whole-model perplexity
