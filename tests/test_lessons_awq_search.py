@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,8 @@ from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import weight_spec
 from qlab.lessons.awq_search import (SELECTIONS, awq_table, clip_summary, format_awq_table, format_clip_summary,
                                      format_salient_table, format_scale_searches, keep_float_columns,
-                                     plot_clip_ratios, plot_scale_curves, plot_scale_view, salient_channels,
-                                     salient_table, scale_search, scale_view)
+                                     plot_clip_ratios, plot_scale_curves, salient_channels, salient_table,
+                                     scale_frame, scale_panel, scale_search, scale_view)
 from qlab.lessons.smoothing import relative_error
 from qlab.model import GPT, PRESETS
 from qlab.quantize import fake_quantize
@@ -137,11 +138,34 @@ def test_scale_view_indexes_the_search(ratio):
     if ratio == 0.0:
         assert torch.allclose(v.scales, torch.ones(64))  # r = 0: s = 1, plain rounding
     assert "round-to-nearest" in v.summary()
-    fig = plot_scale_view(v, search)
-    assert len(fig.axes) == 3
-    matplotlib.pyplot.close(fig)
     with pytest.raises(ValueError, match="grid"):
         scale_view(search, 0.33)
+
+
+def test_scale_panel_frames_keep_their_traces_and_show_the_summary():
+    from qlab.live import FIGURE_WIDTH_PX
+
+    model, calib = salient_model(), tokens()
+    x = rows_of(model, "blocks.0.mlp.fc", calib)
+    search = scale_search(x, model.blocks[0].mlp.fc.weight.detach(), bits=3, group_size=None)
+    frames = {r: scale_frame(scale_view(search, r), search) for r in (0.0, 0.5, 0.95)}
+    assert len({tuple(t["type"] for t in f.traces) for f in frames.values()}) == 1
+    steps = [f.traces[0]["y"] for f in frames.values()]             # s per channel moves with r
+    assert not np.array_equal(steps[0], steps[1]) and not np.array_equal(steps[1], steps[2])
+    assert np.array_equal(steps[1][:-1], search.scales[10].double().numpy())
+    star = frames[0.5].traces[3]
+    assert list(star["x"]) == [0.5] and star["y"][0] == pytest.approx(float(search.losses[10] / search.losses[0]))
+    assert frames[0.5].text == scale_view(search, 0.5).summary()
+
+    panel = scale_panel(search, "blocks.0.ln_2 -> fc")
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    assert panel.controls["r"].value == 0.5 and panel.controls["r"].description == "r"
+    for r in (0.0, 0.25, 0.95):
+        panel.controls["r"].value = r
+        assert panel.error is None, panel.error
+    assert panel.frames == 4 and scale_view(search, 0.95).summary() in panel.text.value
+    assert list(panel.figure.data[0]["y"][:-1]) == search.scales[19].double().tolist()
+    assert panel.figure.layout.annotations[0].text == "blocks.0.ln_2 -> fc"
 
 
 def test_awq_table_and_clip_summary_equal_the_library_runs():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
 
-from qlab.lessons.capstone import (compare_rows, find_scoreboards, load_scoreboard, main_scoreboard, pick_recipe,
-                                   plot_pick)
+from qlab.lessons.capstone import (PANEL_HEIGHT, compare_rows, find_scoreboards, front_label_figure, load_scoreboard,
+                                   main_scoreboard, pick_frame, pick_panel, pick_recipe, pick_scene, plot_pick)
 from qlab.scoreboard import ScoreRow, pareto_front, save_json, short_label
 from qlab.stats import paired_difference, perplexity_interval
 from tests._tools import assert_point_labels_readable
@@ -223,3 +223,56 @@ def test_the_capstone_figure_of_the_committed_scoreboard_is_readable(budget, lim
     rows = main_scoreboard().rows
     fig = plot_pick(rows, None if budget is None else pick_recipe(rows, budget, limit))
     assert_point_labels_readable(fig, [short_label(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------- the slider panel
+
+
+@pytest.mark.parametrize("table", ["committed", "measured", "bare"])
+def test_pick_frames_keep_their_traces_and_label_only_the_front(table):
+    rows = {"committed": lambda: main_scoreboard().rows, "measured": lambda: measured_table(2),
+            "bare": lambda: random_table(1)}[table]()
+    scene = pick_scene(rows)
+    front = [short_label(r) for r in pareto_front(rows)]
+    # the labels are placed once, by qlab.ranking's placement, on a twin of the plot area: readable there
+    assert_point_labels_readable(front_label_figure(rows, scene.front, scene.x_range, scene.y_range, 840, PANEL_HEIGHT),
+                                 front)
+    assert sorted(n for a in scene.labels for n in a["text"].split("<br>")) == sorted(front)
+    sizes = sorted(r.size_mb for r in rows)
+    positions = [(sizes[0] * 0.95, None), (sizes[len(sizes) // 2], 5.0), (sizes[-1], None), (sizes[-1], 1.0)]
+    frames = [pick_frame(scene, pick_recipe(rows, b, m)) for b, m in positions]
+    assert len({tuple(t["type"] for t in f.traces) for f in frames}) == 1
+    for f, (b, m) in zip(frames, positions):
+        pick = pick_recipe(rows, b, m)
+        assert f.text == pick.summary()
+        assert f.traces[0]["x"][1] == max(b, 10 ** scene.x_range[0])                   # the size budget's band
+        assert np.isnan(f.traces[1]["y"][0]) == (m is None)                              # the quality limit
+        ring = f.traces[-1]
+        if pick.best is None:
+            assert np.isnan(ring["x"][0]) and "none fits" in ring["name"]
+        else:
+            assert (ring["x"][0], ring["y"][0]) == (pick.best.size_mb, pick.best.perplexity)
+            bold = [a["text"] for a in f.layout["annotations"] if "<b style" in a["text"]]
+            assert len(bold) == 1 and f">{short_label(pick.best)}</b>" in bold[0]        # the pick is on the front
+        # the same places in every frame: only the pick's name is set in bold
+        assert [(a["x"], a["y"], a.get("xshift"), a.get("ax")) for a in f.layout["annotations"]] == \
+            [(a["x"], a["y"], a.get("xshift"), a.get("ax")) for a in scene.labels]
+    assert not np.array_equal(frames[0].traces[0]["x"], frames[2].traces[0]["x"])
+    hover = frames[0].traces[4]["hovertext"]
+    assert len(hover) == len(rows) and all(t.startswith(short_label(r) + " (") for t, r in zip(hover, rows))
+
+
+def test_pick_panel_follows_its_controls():
+    from qlab.live import FIGURE_WIDTH_PX
+
+    rows = main_scoreboard().rows
+    panel = pick_panel(rows)
+    float_mb = next(r.size_mb for r in rows if r.method == "float")
+    size, change = panel.controls["size_mb"], panel.controls["max_change"]
+    assert (size.value, size.description, change.value, change.description) == (round(0.35 * float_mb, 2), "size MB",
+                                                                                 None, "max change")
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    for name, value in (("size_mb", 2.3), ("max_change", 5.0), ("size_mb", size.max), ("max_change", 1.0)):
+        panel.controls[name].value = value
+        assert panel.error is None, panel.error
+    assert panel.frames == 5 and pick_recipe(rows, size.max, 1.0).summary().replace("<", "&lt;") in panel.text.value

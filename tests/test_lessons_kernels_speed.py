@@ -10,6 +10,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,8 @@ from qlab.kernels import bench
 from qlab.lessons.compiled_code import compiled_gemv
 from qlab.lessons.kernels_speed import (KINDS, arithmetic_intensity, check_kernels, cpu_timing,
                                         crossover_m, find_gpu_results, gpu_results_table, plot_cpu_timing,
-                                        plot_gpu_results, plot_roofline, ridge_point, roofline_view)
+                                        plot_gpu_results, plot_roofline, ridge_point, roofline_frame, roofline_line,
+                                        roofline_panel, roofline_view)
 
 H200 = bench.REFERENCE_DEVICE
 
@@ -85,6 +87,40 @@ def test_roofline_plot_with_and_without_a_marked_m():
     view = roofline_view(4096, 4096)
     assert len(plot_roofline(view).axes) == 2
     assert len(plot_roofline(view, mark_m=16).axes) == 2
+
+
+def notebook_line(v, log2_M):
+    """What notebook 10's slider printed before it was a panel."""
+    i = v.m_values.index(2 ** log2_M)
+    return f"M = {2 ** log2_M}: " + ", ".join(
+        f"{k} {v.speedup[k][i]:.2f}x ({'compute' if 2 ** log2_M >= v.crossover[k] else 'memory'}-bound)" for k in KINDS)
+
+
+def test_roofline_frames_keep_their_traces_and_print_the_notebooks_line():
+    from qlab.live import FIGURE_WIDTH_PX
+
+    view = roofline_view(4096, 4096)
+    frames = {m: roofline_frame(view, m) for m in (1, 16, 2048)}
+    assert len({tuple(t["type"] for t in f.traces) for f in frames.values()}) == 1
+    circles = [f.traces[-1] for f in frames.values()]               # M circled on the roofline
+    assert not np.array_equal(circles[0]["x"], circles[1]["x"]) and not np.array_equal(circles[1]["y"], circles[2]["y"])
+    i = view.m_values.index(16)
+    assert np.allclose(circles[1]["x"], [view.intensity[k][i] for k in KINDS])
+    assert [s["x0"] for f in frames.values() for s in f.layout["shapes"] if s["type"] == "line" and s["xref"] == "x2"] \
+        == [1, 16, 2048]
+    for log2_M in (0, 4, 11):
+        assert roofline_frame(view, 2 ** log2_M).text == roofline_line(view, 2 ** log2_M) == notebook_line(view, log2_M)
+    with pytest.raises(ValueError, match="m must be one of"):
+        roofline_frame(view, 3)
+
+    panel = roofline_panel()
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    assert {n: c.value for n, c in panel.controls.items()} == {"N": 4096, "K": 4096, "log2_M": 4}
+    for name, value in (("N", 28672), ("log2_M", 11), ("K", 1024), ("log2_M", 0)):
+        panel.controls[name].value = value
+        assert panel.error is None, panel.error
+    assert panel.frames == 5 and notebook_line(roofline_view(28672, 1024), 0) in panel.text.value
+    assert panel.figure.layout.title.text == "N x K = 28672 x 1024, M = 1"
 
 
 def test_cpu_timing_ratios_and_outputs():

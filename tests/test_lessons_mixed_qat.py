@@ -15,8 +15,8 @@ import torch
 from qlab.algorithms.mixed_precision import layer_sensitivity
 from qlab.evaluate import perplexity
 from qlab.layers.swap import QuantRecipe, quantize_model
-from qlab.lessons.mixed_qat import (most_sensitive, pct, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
-                                    training_batches, uniform_points)
+from qlab.lessons.mixed_qat import (most_sensitive, pct, plan_frame, plan_panel, plan_view, plot_plan, plot_qat,
+                                    plot_sensitivity, qat_curve, training_batches, uniform_points)
 from qlab.sizes import effective_bits_per_weight
 
 from _models import ONE_BLOCK, one_block_gpt  # noqa: E402
@@ -86,6 +86,31 @@ def test_plan_view_meets_the_budget_and_measures_the_plan(model, sens, uniform, 
     assert view.front_bits[0] == pytest.approx(lo) and view.front_bits[-1] <= hi + 1e-9
     assert f"budget {budget:.2f}" in view.summary()
     plot_plan(view)
+
+
+def test_plan_frames_keep_their_traces_and_show_the_summary(model, sens, uniform, float_ppl):
+    from qlab.live import FIGURE_WIDTH_PX
+
+    lo, hi = sens.bits_range()
+    budgets = [round(lo, 2), round((lo + hi) / 2, 2), round(hi, 2)]
+    views = [plan_view(model, sens, b, uniform, float_ppl) for b in budgets]
+    frames = [plan_frame(v) for v in views]
+    assert len({tuple(t["type"] for t in f.traces) for f in frames}) == 1
+    assert [list(f.traces[0]["y"]) for f in frames] == [list(v.bits) for v in views]      # the bars: each layer's bits
+    assert len({tuple(f.traces[0]["y"]) for f in frames}) == 3
+    measured = [(f.traces[-1]["x"][0], f.traces[-1]["y"][0]) for f in frames]
+    assert measured == [(v.plan.bits_per_weight, v.measured_change) for v in views]
+    assert [f.layout["shapes"][0]["x0"] for f in frames] == [v.plan.budget for v in views]
+    assert [f.text for f in frames] == [v.summary() for v in views]
+
+    panel = plan_panel(model, sens, uniform, float_ppl, value=budgets[1])
+    budget = panel.controls["budget"]
+    assert (budget.min, budget.max, budget.step, budget.description) == (budgets[0], budgets[2], 0.05, "bits/weight")
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    for b in (budgets[0], budgets[2], budgets[0]):
+        budget.value = b
+        assert panel.error is None, panel.error
+    assert panel.frames == 4 and views[0].summary().replace(">", "&gt;") in panel.text.value
 
 
 def test_sensitivity_chart_and_ranking(sens):

@@ -1,9 +1,5 @@
 """Notebook 5's helpers against the model swap itself: quantize_model + perplexity_on + generate."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import pytest
 import torch
 import torch.nn as nn
@@ -13,12 +9,14 @@ from qlab.evaluate import generate, perplexity_on
 from qlab.layers import W8A8Linear, WeightOnlyLinear
 from qlab.layers.swap import QuantRecipe, model_size_bytes, quantize_model
 from qlab.layers.weight_only import weight_spec
-from qlab.lessons.ptq import (GROUP_SIZES, SCHEMES, RTNSweep, dequantized_model, format_ptq_table, format_samples,
-                              format_sweep, plot_rtn, ptq_table, rtn_recipe, rtn_spec, rtn_sweep, rtn_view,
-                              static_act_ranges)
+from qlab.lessons.ptq import (GROUP_SIZES, SCHEMES, RTNSlider, RTNSweep, dequantized_model, format_ptq_table,
+                              format_samples, format_sweep, ptq_table, rtn_frame, rtn_panel, rtn_recipe, rtn_spec,
+                              rtn_sweep, rtn_view, static_act_ranges)
+from qlab.quantize import fake_quantize
+from qlab.stats import windows_fingerprint
 
 
-from _models import tiny_gpt  # noqa: E402
+from _models import one_block_gpt, tiny_gpt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -75,9 +73,60 @@ def test_sweep_holds_the_slider_values_and_formats():
     assert x[0] < x[1]
     text = format_sweep(sweep)
     assert "per-channel ppl" in text and "g32 ppl" in text and len(text.splitlines()) == 4
-    fig = plot_rtn(sweep.views[1], sweep)
-    assert len(fig.axes[0].lines) == 4  # two curves, the float line, the slider's star
-    matplotlib.pyplot.close(fig)
+    assert sweep.windows_sha == windows_fingerprint(w)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("group_size", [32, 64, None])
+def test_fake_quantize_is_the_layers_dequantized_weight_bit_for_bit(bits, group_size):
+    """What RTNSlider writes into its float copy: the weights rtn_view's dequantized model holds, exactly."""
+    model = tiny_model()
+    qmodel = quantize_model(model, rtn_recipe(bits, group_size))
+    for name in ("blocks.0.attn.q", "blocks.1.mlp.fc", "blocks.1.mlp.proj"):
+        weight = model.get_submodule(name).weight.detach()
+        assert torch.equal(fake_quantize(weight, rtn_spec(bits, group_size)),
+                           qmodel.get_submodule(name).dequantized_weight(torch.float32))
+
+
+def test_the_slider_gives_rtn_views_numbers_without_copying_the_model_each_move():
+    model, w = tiny_model(), windows()
+    sweep = rtn_sweep(model, w, bits=(2, 4), group_sizes=(32,))
+    with_sweep, alone = RTNSlider(model, w, sweep, "def ", 6), RTNSlider(model, w, None, "def ", 6)
+    for bits, group_size in [(4, 32), (3, None), (2, 32), (8, 64), (4, 32)]:
+        expected = rtn_view(model, bits, group_size, w, prompt="def ", n_tokens=6)
+        assert with_sweep.view(bits, group_size) == expected == alone.view(bits, group_size)
+    fast = with_sweep.fast
+    assert with_sweep.view(2, 32) is with_sweep.view(2, 32) and with_sweep.fast is fast    # kept, one copy
+    assert len(with_sweep.views) == 4 and with_sweep.names == [n for n, m in model.named_modules()
+                                                                if isinstance(m, nn.Linear) and n != "lm_head"]
+    with pytest.raises(ValueError, match="other windows"):
+        RTNSlider(model, windows(seed=2), sweep)
+    with pytest.raises(ValueError, match="fp32"):
+        RTNSlider(tiny_model().to(torch.float64), w)
+
+
+def test_rtn_frames_keep_their_traces_and_print_the_summary_and_the_sample():
+    from qlab.live import FIGURE_WIDTH_PX
+
+    model, w = one_block_gpt(), windows()
+    sweep = rtn_sweep(model, w, bits=(2, 4, 5, 8), group_sizes=(128, None))
+    views = [rtn_view(model, b, g, w, n_tokens=8) for b, g in [(4, 128), (2, None), (8, 32)]]
+    frames = [rtn_frame(v, sweep) for v in views]
+    assert len({tuple(t["type"] for t in f.traces) for f in frames}) == 1
+    stars = [(f.traces[-1]["x"][0], f.traces[-1]["y"][0]) for f in frames]
+    assert stars == [(v.bits_per_weight, v.perplexity) for v in views] and len(set(stars)) == 3
+    assert [f.text for f in frames] == [f"{v.summary()}\n{v.sample}" for v in views]
+    assert list(frames[0].traces[0]["y"]) == sweep.curve(128)[1]
+    assert frames[0].traces[0]["text"] == ["2", "4", "5-8", ""]       # 5 and 8 bits: both stored as 8-bit codes
+
+    panel = rtn_panel(model, w, sweep, n_tokens=8)
+    assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
+    assert (panel.controls["bits"].value, panel.controls["group"].value) == (4, "128")
+    for name, value in (("bits", 2), ("group", "per-channel"), ("bits", 8), ("group", "32")):
+        panel.controls[name].value = value
+        assert panel.error is None, panel.error
+    assert panel.frames == 5 and rtn_view(model, 8, 32, w, n_tokens=8).summary() in panel.text.value
+    assert panel.figure.layout.title.text == "RTN: int8, group 32"
 
 
 def test_static_ranges_are_the_largest_input_magnitudes():

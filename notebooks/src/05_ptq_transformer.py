@@ -38,8 +38,6 @@
 # others measured on the same windows (and read the intervals: notebook 6 onward prints them).
 
 # %%
-import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 
 from qlab.lessons import setup_notebook
@@ -47,8 +45,8 @@ from qlab.checkpoint import load_card, load_model
 from qlab.corpus import calibration_samples, load_corpus
 from qlab.course import check, reveal
 from qlab.evaluate import eval_windows, perplexity_on, unigram_perplexity
-from qlab.lessons.ptq import (BITS, GROUP_SIZES, SCHEMES, describe_model, format_ptq_table, format_samples,
-                              format_sweep, plot_rtn, ptq_table, rtn_sweep, rtn_view, static_act_ranges)
+from qlab.lessons.ptq import (BITS, SCHEMES, describe_model, format_ptq_table, format_samples, format_sweep,
+                              ptq_table, rtn_panel, rtn_sweep, static_act_ranges)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -205,8 +203,8 @@ print(reveal(prediction, round(change["int4 weight-only g128"], 2), "int4 weight
 # %% [markdown]
 # ## Fewer bits, smaller groups
 # RTN at every bit width from 2 to 8, with one scale per group of 128 inputs or per output channel.
-# The x axis counts what a deployed checkpoint stores per weight: the codes plus an fp16 scale and
-# an fp16 zero point per group, $b + 32/G$ bits.
+# The x axis below counts what qlab's layers store per weight: the codes plus an fp32 scale and an fp32
+# zero point per group, $b + 64/G$ bits (5 to 7 bits are stored as 8-bit codes, so they sit with 8).
 
 # %%
 sweep = rtn_sweep(model, windows, bits=BITS, group_sizes=(128, None))
@@ -214,21 +212,16 @@ print(format_sweep(sweep))
 
 # %% [markdown]
 # ## Try it
-# Each move re-quantizes the whole model (`quantize_model`), then measures the fast perplexity and
-# writes 60 bytes (about a second). Watch the text as well as the number: it changes well before the
-# perplexity does, and at 2 bits both break down. Smaller groups buy back quality for a fraction of a
-# bit per weight.
+# Each move re-quantizes every linear of the blocks (the weights `quantize_model`'s layers hold), then
+# measures the fast perplexity and writes 60 bytes (the sweep's perplexities above are reused, and a
+# position seen before comes back at once). Watch the text as well as the number: it changes well
+# before the perplexity does, and at 2 bits both break down. Smaller groups buy back quality for a
+# fraction of a bit per weight.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(bits=widgets.IntSlider(value=4, min=BITS[0], max=BITS[-1], continuous_update=False),
-                  group=widgets.Dropdown(options=list(GROUP_SIZES), value="128"))
-def show(bits, group):
-    view = rtn_view(model, bits, GROUP_SIZES[group], windows, prompt="def ", n_tokens=60)
-    plot_rtn(view, sweep)
-    plt.show()
-    print(view.summary())
-    print(view.sample)
+# the figure and the text update in place at each move (qlab.lessons.ptq.rtn_panel)
+rtn_panel(model, windows, sweep, prompt="def ", n_tokens=60)
 
 # %% [markdown]
 # **Take-away.** Weight-only RTN holds well down to 4 bits on this model, and per-group scales matter

@@ -29,7 +29,6 @@
 # carry paired 95% bootstrap intervals over the 16 test windows (`qlab.stats`).
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -41,7 +40,7 @@ from qlab.course import check, reveal
 from qlab.evaluate import eval_windows, perplexity_on
 from qlab.lessons.awq_search import (awq_table, clip_summary, format_awq_table, format_clip_summary,
                                      format_salient_table, format_scale_searches, plot_clip_ratios, plot_scale_curves,
-                                     plot_scale_view, salient_table, scale_search, scale_view)
+                                     salient_table, scale_panel, scale_search, scale_view)
 from qlab.lessons.calibration import layer_input
 from qlab.lessons.phenomena import format_recoveries
 from qlab.outliers import outlier_twin
@@ -136,12 +135,8 @@ print(reveal(prediction, float(search.ratios[search.best_index]), "best exponent
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-@widgets.interact(r=widgets.SelectionSlider(options=[round(float(r), 2) for r in search.ratios], value=0.5))
-def show(r):
-    view = scale_view(search, r)
-    plot_scale_view(view, search, "blocks.0.ln_1 -> q, k, v")
-    plt.show()
-    print(view.summary())
+# the figure updates in place as r moves (qlab.lessons.awq_search.scale_panel)
+scale_panel(search, "blocks.0.ln_1 -> q, k, v")
 
 # %% [markdown]
 # ## Exercise: the exponent search

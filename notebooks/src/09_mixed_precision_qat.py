@@ -21,7 +21,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -32,8 +31,8 @@ from qlab.course import check, reveal
 from qlab.evaluate import perplexity
 from qlab.stats import change_cell, perplexity_cell
 from qlab.layers.swap import QuantRecipe
-from qlab.lessons.mixed_qat import (most_sensitive, plan_view, plot_plan, plot_qat, plot_sensitivity, qat_curve,
-                                    uniform_points)
+from qlab.lessons.mixed_qat import (most_sensitive, plan_panel, plan_view, plot_plan, plot_qat, plot_sensitivity,
+                                    qat_curve, uniform_points)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 model = load_model()
@@ -127,15 +126,8 @@ for name, bits in zip(view.layers, view.bits):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-lo, hi = sens.bits_range()
-
-@widgets.interact(budget=widgets.FloatSlider(value=3.0, min=round(lo, 2), max=round(hi, 2), step=0.05,
-                                             continuous_update=False, description="bits/weight"))
-def show(budget):
-    v = plan_view(model, sens, budget, uniform, float_ppl)
-    plot_plan(v)
-    plt.show()
-    print(v.summary())
+# the figure and the summary update in place when the slider is released (qlab.lessons.mixed_qat.plan_panel)
+plan_panel(model, sens, uniform, float_ppl, value=3.0)
 
 # %% [markdown]
 # ## 3. Quantization-aware training

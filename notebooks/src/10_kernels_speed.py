@@ -40,7 +40,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: run the kernels in Triton's interpreter
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from qlab.course import check, reveal
@@ -49,7 +48,7 @@ from qlab.kernels.bench import REFERENCE_DEVICE as H200
 from qlab.lessons.compiled_code import compiled_gemv
 from qlab.lessons.kernels_speed import (KINDS, check_kernels, cpu_timing, find_gpu_results,
                                         gpu_results_table, plot_cpu_timing, plot_gpu_results, plot_roofline,
-                                        ridge_point, roofline_view)
+                                        ridge_point, roofline_panel, roofline_view)
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
 print(f"{H200.name}: B = {H200.copy_bytes_per_s / 1e12:.1f} TB/s, P = {H200.bf16_flops / 1e12:.0f} TFLOP/s bf16, "
@@ -178,16 +177,8 @@ assert abs(w8a8[max(w8a8)] - H200.int8_ops / H200.bf16_flops) < 0.01, w8a8
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dims = [1024, 4096, 8192, 28672]
-
-@widgets.interact(N=widgets.Dropdown(options=dims, value=4096), K=widgets.Dropdown(options=dims, value=4096),
-                  log2_M=widgets.IntSlider(value=4, min=0, max=13, description="log2 M"))
-def show(N, K, log2_M):
-    v = roofline_view(N, K)
-    plot_roofline(v, mark_m=2 ** log2_M)
-    plt.show()
-    i = v.m_values.index(2 ** log2_M)
-    print(f"M = {2 ** log2_M}: " + ", ".join(f"{k} {v.speedup[k][i]:.2f}x ({'compute' if 2 ** log2_M >= v.crossover[k] else 'memory'}-bound)" for k in KINDS))
+# the figure updates in place as N, K and M change (qlab.lessons.kernels_speed.roofline_panel)
+roofline_panel(dims=(1024, 4096, 8192, 28672))
 
 # %% [markdown]
 # ## Why a quantized model can be slower

@@ -27,13 +27,12 @@
 # (tested in `tests/test_lessons_capstone.py`) and `qlab/scoreboard.py`.
 
 # %%
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from qlab.course import check, reveal
 from qlab.lessons import setup_notebook
 from qlab.checkpoint import load_model
-from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_recipe, plot_pick
+from qlab.lessons.capstone import compare_rows, main_scoreboard, pick_panel, pick_recipe, plot_pick
 from qlab.scoreboard import pareto_front, run_method, scoreboard, short_label
 
 setup_notebook()  # one thread (the same sums on any machine), seeded generators, fast slider redraws
@@ -155,21 +154,13 @@ for fraction in (0.2, 0.3, 0.4, 0.6, 1.0):
 
 # %% [markdown]
 # ## Try it
-# Move the size budget and the largest perplexity change you accept.
+# Move the size budget and the largest perplexity change you accept. The labels name the Pareto front
+# (the pick in bold); hover any point for its name and numbers.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sizes = sorted(r.size_mb for r in rows)
-
-@widgets.interact(size_mb=widgets.FloatSlider(value=round(0.35 * float_mb, 2), min=round(0.9 * sizes[0], 2),
-                                              max=round(1.05 * sizes[-1], 2), step=0.05, description="size MB"),
-                  max_change=widgets.Dropdown(options=[("no limit", None), ("1%", 1.0), ("2%", 2.0), ("5%", 5.0),
-                                                       ("10%", 10.0), ("25%", 25.0)], description="max change"))
-def show(size_mb, max_change):
-    pick = pick_recipe(rows, size_mb, max_change)
-    plot_pick(rows, pick)
-    plt.show()
-    print(pick.summary())
+# the figure updates in place as the budget moves (qlab.lessons.capstone.pick_panel)
+pick_panel(rows)
 
 # %% [markdown]
 # **Take-away: a recipe.** Each point below is checked against the table in the cell after it.

@@ -10,7 +10,7 @@ Compression and Acceleration"; the algorithm itself is ``qlab.algorithms.awq``).
    ``s = x_stat^r`` (normalised), the inverse folded into the previous norm. ``scale_search`` is the
    search for one group: its loss ``MSE(X W^T, X (Q(W s) / s)^T)`` for every exponent r on the grid
    {0, 1/20, ..., 19/20} (r = 0: plain round-to-nearest), each r exactly as ``awq.search_scales``
-   scores it. ``scale_view`` is the slider over r.
+   scores it. ``scale_view`` is one position of the slider over r, ``scale_panel`` the slider.
 3. Clip search: per group of weights, shrink the range to ``ratio * max|w|`` if that lowers the
    output error; ``clip_summary`` reads the ratios AWQ chose from its ``AWQReport``.
 """
@@ -20,9 +20,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -38,6 +39,9 @@ from qlab.lessons.gptq_steps import block_linears
 from qlab.quantize import fake_quantize
 from qlab.spec import QuantSpec
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 SELECTIONS = ("none", "activation", "weight", "random")
 
@@ -182,25 +186,50 @@ def scale_view(search: ScaleSearch, ratio: float) -> ScaleView:
                      float(search.ratios[b]), float(search.losses[b]))
 
 
-def plot_scale_view(view: ScaleView, search: ScaleSearch, title: str = "") -> plt.Figure:
-    """Left: s per channel at r, over mean |x|. Right: loss against r (relative to rounding)."""
-    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 3.8), gridspec_kw={"width_ratios": (1.6, 1)})
+def scale_frame(view: ScaleView, search: ScaleSearch) -> "Frame":
+    """The slider's picture as a ``qlab.live.Frame``. Left: s per channel at r (filled steps), over mean |x|
+    (right-hand axis). Right: the search's loss against r, relative to rounding, the slider's r starred."""
+    from qlab.live import Frame, stairs
+
     K = view.scales.numel()
-    c, edges = torch.arange(K).numpy(), (torch.arange(K + 1) - 0.5).numpy()
-    axes[0].stairs(view.scales.numpy(), edges, fill=True, color="tab:blue", label=f"s (r = {view.ratio:.2f})")
-    axes[0].axhline(1.0, color="k", lw=0.8)
-    twin = axes[0].twinx()
-    twin.plot(c, search.x_stat.numpy(), color="tab:orange", lw=1, label="mean |x|")
-    twin.set_ylabel("mean |x|", color="tab:orange")
-    axes[0].set(xlabel="input channel", ylabel="scale s", title=title or "AWQ scales s = x_stat^r (normalised)")
-    axes[0].legend(loc="upper left", fontsize=8)
-    rel = (search.losses / search.losses[0]).numpy()
-    axes[1].plot(search.ratios.numpy(), rel, "o-", ms=3)
-    axes[1].plot(view.ratio, view.loss / view.rtn_loss, "r*", ms=14)
-    axes[1].axhline(1.0, color="k", ls=":", lw=1)
-    axes[1].set(xlabel="exponent r", ylabel="loss / loss at r = 0", title="the search")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.5)  # tight_layout is slow for a slider
-    return fig
+    rel = (search.losses / search.losses[0]).double().numpy()
+    traces = [stairs(view.scales, torch.arange(K + 1) - 0.5, 1, name=f"s (r = {view.ratio:.2f})",
+                     fillcolor="rgba(31, 119, 180, 0.55)"),
+              {"type": "scatter", "mode": "lines", "x": torch.arange(K).double().numpy(),
+               "y": search.x_stat.double().numpy(), "name": "mean |x| (right axis)",
+               "line": {"color": "#ff7f0e", "width": 1}, "xaxis": "x", "yaxis": "y2"},
+              {"type": "scatter", "mode": "lines+markers", "x": search.ratios.double().numpy(), "y": rel,
+               "name": "loss / loss at r = 0", "line": {"color": "#1f77b4"}, "marker": {"size": 5},
+               "xaxis": "x2", "yaxis": "y3", "showlegend": False},
+              {"type": "scatter", "mode": "markers", "x": np.array([view.ratio]),
+               "y": np.array([view.loss / view.rtn_loss]),
+               "name": f"r = {view.ratio:.2f}", "marker": {"symbol": "star", "size": 14, "color": "red"},
+               "xaxis": "x2", "yaxis": "y3", "showlegend": False}]
+    one = {"type": "line", "x0": 0, "x1": 1, "y0": 1, "y1": 1, "line": {"color": "black", "width": 1}}
+    layout = {"shapes": [{**one, "xref": "x domain", "yref": "y"},
+                         {**one, "xref": "x2 domain", "yref": "y3", "line": {"color": "black", "dash": "dot"}}]}
+    return Frame(traces, layout, view.summary())
+
+
+def scale_panel(search: ScaleSearch, title: str = "AWQ scales s = x_stat^r (normalised)") -> "LivePanel":
+    """Notebook 8's slider over the exponent r of ``search``'s grid (start: 0.5), its figure updated in place."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    figure = live_figure(2, titles=(title, "the search"), height=380, specs=[[{"secondary_y": True}, {}]])
+    figure.update_layout(   # domains set by hand: room for the right-hand axis of the left plot
+        xaxis={"title": {"text": "input channel"}, "domain": [0.0, 0.52]},
+        yaxis={"title": {"text": "scale s"}, "rangemode": "tozero"},
+        yaxis2={"title": {"text": "mean |x|", "font": {"color": "#ff7f0e"}}, "rangemode": "tozero", "showgrid": False},
+        xaxis2={"title": {"text": "exponent r"}, "domain": [0.69, 1.0]},
+        yaxis3={"title": {"text": "loss / loss at r = 0"}},
+        legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"}, margin={"b": 90})
+    for subplot_title, (x0, x1) in zip(figure.layout.annotations, ((0.0, 0.52), (0.69, 1.0))):
+        subplot_title.x = (x0 + x1) / 2
+    ratios = [round(float(r), 2) for r in search.ratios]
+    return live(lambda r: scale_frame(scale_view(search, r), search), figure,
+                r=widgets.SelectionSlider(options=ratios, value=0.5 if 0.5 in ratios else ratios[0], description="r"))
 
 
 def plot_scale_curves(report: AWQReport) -> plt.Figure:

@@ -14,26 +14,32 @@ on the table, solved by looking at every row (``pick_recipe``):
 which always lands on the front. "Best" is the lowest measured perplexity; whether it is *better* than
 another fitting row is a question for the paired 95% interval of their difference over the same test
 windows (``qlab.scoreboard.compare_scores``): the pick lists the rows whose interval includes 0, which
-the test split cannot tell apart from it. Speed is not in the table: it depends on kernels and batch
-size (notebook 10); W8A8 methods also quantize activations, which only pays with int8 matmul kernels.
+the test split cannot tell apart from it. ``pick_panel`` is the notebook's slider over both constraints
+(a plotly figure updated in place: every row named on hover, the front labelled once, ``pick_scene``).
+Speed is not in the table: it depends on kernels and batch size (notebook 10); W8A8 methods also
+quantize activations, which only pays with int8 matmul kernels.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib.pyplot as plt
 
-from qlab.plotting import FIGURE_WIDTH
-from qlab.ranking import draw_rows, label_rows
+from qlab.plotting import FIGURE_DPI, FIGURE_WIDTH, renderer_of, size_axis
+from qlab.ranking import draw_rows, label_rows, place_point_labels
 from qlab.scoreboard import ScoreRow, compare_scores, load_json, pareto_front, short_label
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
 PATTERN = "scoreboard-*.json"
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 
 # ----------------------------------------------------------------------------- the committed table
@@ -175,6 +181,179 @@ def plot_pick(rows: Sequence[ScoreRow], pick: Optional[RecipePick] = None, title
     ax.set_title(title or "Every method: size vs perplexity")
     label_rows(ax, rows)
     return fig
+
+
+# ----------------------------------------------------------------------------- the slider panel
+
+PANEL_HEIGHT = 500                                        # px; the width is qlab.live's 840
+PANEL_MARGIN = {"l": 60, "r": 20, "t": 40, "b": 100}      # px; the legend sits below the x axis
+LABEL_FONT_PX = 10
+RING_PX = 16                                              # the pick's circle
+LEADER_PX = 12                                            # a label further from its point gets a leader line
+
+
+@dataclass(frozen=True)
+class PickScene:
+    """The capstone panel's fixed part, computed once from the rows (``pick_scene``): the axis ranges (x in
+    log10 MB, as plotly takes a log axis), the Pareto front and its labels, placed once by
+    ``qlab.ranking.place_point_labels`` on a matplotlib twin of the plot area, as plotly annotations."""
+
+    rows: tuple[ScoreRow, ...]
+    front: tuple[ScoreRow, ...]
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    x_ticks: tuple[float, ...]
+    labels: tuple[dict, ...]
+
+
+def front_label_figure(rows: Sequence[ScoreRow], front: Sequence[ScoreRow], x_range: tuple[float, float],
+                       y_range: tuple[float, float], width: int, height: int) -> plt.Figure:
+    """A matplotlib twin of the panel's plot area (the same pixels, the same ranges) with the front's points
+    labelled by ``place_point_labels``: no two labels overlap, each lies inside the axes, clear of every
+    row's marker and of the front's step line."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import Bbox
+
+    fig = Figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
+    m = PANEL_MARGIN
+    fig.subplots_adjust(left=m["l"] / width, right=1 - m["r"] / width, bottom=m["b"] / height, top=1 - m["t"] / height)
+    ax = fig.add_subplot()
+    ax.scatter([r.size_mb for r in rows], [r.perplexity for r in rows], s=22)
+    size_axis(ax, [r.size_mb for r in rows])
+    ax.set_xlim(10 ** x_range[0], 10 ** x_range[1])
+    ax.set_ylim(*y_range)
+    labelled = {id(r) for r in front}
+    marker = 3.5 * FIGURE_DPI / 72                                   # as place_point_labels counts a marker
+    obstacles = []
+    for r in rows:                                                   # the markers of the unlabelled rows
+        if id(r) not in labelled:
+            x, y = ax.transData.transform((r.size_mb, r.perplexity))
+            obstacles.append(Bbox.from_bounds(x - marker, y - marker, 2 * marker, 2 * marker))
+    pts = ax.transData.transform([(r.size_mb, r.perplexity) for r in front])       # the front, by size
+    ring = RING_PX / 2 + 1                                           # a front point may be the pick: its ring
+    obstacles += [Bbox.from_bounds(x - ring, y - ring, 2 * ring, 2 * ring) for x, y in pts]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):                     # its step line: across, then down
+        obstacles += [Bbox.from_extents(x0, y0 - 1, x1, y0 + 1),
+                      Bbox.from_extents(x1 - 1, min(y0, y1), x1 + 1, max(y0, y1))]
+    place_point_labels(ax, [r.size_mb for r in front], [r.perplexity for r in front], [short_label(r) for r in front],
+                       fontsize=LABEL_FONT_PX * 72 / FIGURE_DPI, obstacles=obstacles)
+    return fig
+
+
+def _annotations(fig: plt.Figure) -> list[dict]:
+    """The labels of ``front_label_figure`` as plotly annotations: each text box at the same pixels; a
+    leader line (from the box to the point) only for a box more than ``LEADER_PX`` away from its point."""
+    from matplotlib.text import Text
+
+    renderer = renderer_of(fig)
+    fig.draw_without_rendering()                                     # places the annotations' texts
+    ax = fig.axes[0]
+    out = []
+    for a in ax.texts:
+        box = Text.get_window_extent(a, renderer)                   # the text alone, not its leader line
+        px, py = ax.transData.transform(a.xy)
+        gap = math.hypot(max(box.x0 - px, 0, px - box.x1), max(box.y0 - py, 0, py - box.y1))
+        label = {"x": math.log10(a.xy[0]), "y": float(a.xy[1]), "xref": "x", "yref": "y", "align": "left",
+                 "text": a.get_text().replace("\n", "<br>"), "font": {"size": LABEL_FONT_PX}}
+        if gap > LEADER_PX:
+            label.update(showarrow=True, ax=float(box.x0 + box.x1) / 2 - px, ay=py - float(box.y0 + box.y1) / 2,
+                         xanchor="center", yanchor="middle", arrowwidth=0.6, arrowcolor="#737373", arrowhead=0,
+                         standoff=4)
+        elif box.x1 <= px:        # left of its point: anchored on the right, so a bold pick grows away from it
+            label.update(showarrow=False, xanchor="right", yanchor="bottom", xshift=float(box.x1 - px),
+                         yshift=float(box.y0 - py))
+        else:
+            label.update(showarrow=False, xanchor="left", yanchor="bottom", xshift=float(box.x0 - px),
+                         yshift=float(box.y0 - py))
+        out.append(label)
+    return out
+
+
+def pick_scene(rows: Sequence[ScoreRow], width: int = round(FIGURE_WIDTH * FIGURE_DPI),
+               height: int = PANEL_HEIGHT) -> PickScene:
+    """What every frame of the capstone panel shares (see ``PickScene``)."""
+    if not rows or not all(isinstance(r, ScoreRow) for r in rows):
+        raise ValueError("rows must be a non-empty sequence of ScoreRow")
+    front = pareto_front(rows)
+    logs = [math.log10(r.size_mb) for r in rows]
+    pad = 0.05 * (max(logs) - min(logs) or 1.0)
+    lows = [r.ppl_low if r.ppl_low is not None else r.perplexity for r in rows]
+    highs = [r.ppl_high if r.ppl_high is not None else r.perplexity for r in rows]
+    ypad = 0.05 * (max(highs) - min(lows) or 1.0)
+    x_range, y_range = (min(logs) - pad, max(logs) + pad), (min(lows) - ypad, max(highs) + ypad)
+    fig = front_label_figure(rows, front, x_range, y_range, width, height)
+    ticks = tuple(float(t) for t in fig.axes[0].get_xticks())
+    return PickScene(tuple(rows), tuple(front), x_range, y_range, ticks, tuple(_annotations(fig)))
+
+
+def pick_frame(scene: PickScene, pick: RecipePick) -> "Frame":
+    """The panel's picture for one pick (the plotly twin of ``plot_pick``): every row (its name on hover),
+    the intervals, the front and its labels, the size budget, the quality limit, the pick circled."""
+    import numpy as np
+
+    from qlab.live import Frame
+
+    rows, nan = scene.rows, float("nan")
+    x_lo, x_hi = 10 ** scene.x_range[0], 10 ** scene.x_range[1]
+    (y_lo, y_hi), budget = scene.y_range, max(pick.size_budget_mb, x_lo)
+    float_ppl = rows[0].perplexity / (1 + rows[0].change_pct / 100)
+    limit = nan if pick.max_change_pct is None else float_ppl * (1 + pick.max_change_pct / 100)
+    bars = [r for r in rows if r.ppl_low is not None and r.ppl_high is not None]
+    on_front = {id(r) for r in scene.front}
+    best = pick.best
+    traces = [
+        {"type": "scatter", "mode": "lines", "name": "within the size budget", "fill": "toself",
+         "x": np.array([x_lo, budget, budget, x_lo, x_lo]), "y": np.array([y_lo, y_lo, y_hi, y_hi, y_lo]),
+         "fillcolor": "rgba(44, 160, 44, 0.10)", "line": {"width": 0}, "hoverinfo": "skip"},
+        {"type": "scatter", "mode": "lines", "x": np.array([x_lo, x_hi]), "y": np.array([limit, limit]),
+         "name": "quality limit" if pick.max_change_pct is not None else "quality limit (none)",
+         "line": {"color": "#2ca02c", "dash": "dot", "width": 1}, "hoverinfo": "skip"},
+        {"type": "scatter", "mode": "lines", "name": "95% interval", "hoverinfo": "skip",
+         "x": np.array([v for r in bars for v in (r.size_mb, r.size_mb, nan)], dtype=float),
+         "y": np.array([v for r in bars for v in (r.ppl_low, r.ppl_high, nan)], dtype=float),
+         "line": {"color": "#8c8c8c", "width": 1}},
+        {"type": "scatter", "mode": "lines", "name": "Pareto front", "hoverinfo": "skip",
+         "x": np.array([r.size_mb for r in scene.front]), "y": np.array([r.perplexity for r in scene.front]),
+         "line": {"color": "#d62728", "width": 1, "shape": "hv"}},
+        {"type": "scatter", "mode": "markers", "name": "method (hover for its name)", "hoverinfo": "text",
+         "x": np.array([r.size_mb for r in rows]), "y": np.array([r.perplexity for r in rows]),
+         "hovertext": [f"{short_label(r)} ({r.scheme})<br>{r.size_mb:.2f} MB, perplexity {_ppl(r)}<br>"
+                       f"{_change(r)} vs float" for r in rows],
+         "marker": {"size": 7, "color": ["#d62728" if id(r) in on_front else "#1f77b4" for r in rows]}},
+        {"type": "scatter", "mode": "markers", "hoverinfo": "skip",
+         "name": f"pick: {short_label(best)}" if best is not None else "pick: none fits",
+         "x": np.array([best.size_mb if best is not None else nan]),
+         "y": np.array([best.perplexity if best is not None else nan]),
+         "marker": {"symbol": "circle-open", "size": RING_PX, "color": "#2ca02c", "line": {"width": 2.5}}},
+    ]
+    picked = short_label(best) if best is not None else None
+    labels = [{**a, "text": "<br>".join(f"<b style='color:#2ca02c'>{n}</b>" if n == picked else n
+                                        for n in a["text"].split("<br>"))} for a in scene.labels]
+    return Frame(traces, {"annotations": labels}, pick.summary())
+
+
+def pick_panel(rows: Sequence[ScoreRow], title: str = "Pick a recipe: size vs perplexity") -> "LivePanel":
+    """Notebook 11's panel: a size budget (MB, from 0.9 x the smallest row to 1.05 x the largest, start 35%
+    of the float model) and the largest perplexity change accepted."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    scene = pick_scene(rows)
+    sizes = sorted(r.size_mb for r in rows)
+    float_mb = next((r.size_mb for r in rows if r.method == "float"), sizes[-1])
+    figure = live_figure(1, height=PANEL_HEIGHT)
+    figure.update_layout(
+        title={"text": title, "font": {"size": 13}, "y": 0.98}, margin=PANEL_MARGIN, hovermode="closest",
+        xaxis={"title": {"text": "model size (MB as stored, log scale)"}, "type": "log", "range": list(scene.x_range),
+               "tickvals": list(scene.x_ticks)},
+        yaxis={"title": {"text": f"test perplexity ({rows[0].eval_mode})"}, "range": list(scene.y_range)},
+        legend={"orientation": "h", "x": 0, "y": -0.14, "yanchor": "top"})
+    return live(lambda size_mb, max_change: pick_frame(scene, pick_recipe(rows, size_mb, max_change)), figure,
+                size_mb=widgets.FloatSlider(value=round(0.35 * float_mb, 2), min=round(0.9 * sizes[0], 2),
+                                            max=round(1.05 * sizes[-1], 2), step=0.05, description="size MB"),
+                max_change=widgets.Dropdown(options=[("no limit", None), ("1%", 1.0), ("2%", 2.0), ("5%", 5.0),
+                                                     ("10%", 10.0), ("25%", 25.0)], description="max change"))
 
 
 # ----------------------------------------------------------------------------- live rows vs the table

@@ -22,8 +22,9 @@ https://arxiv.org/abs/2408.11743, is built to stay near the 4x for M up to 16-32
 lose, by the dequantization work. W8A8 also doubles the peak (int8 tensor cores).
 
 Here: ``roofline_view`` (the figure's data, pure arithmetic on the H200 figures of
-``qlab.kernels.bench.DEVICES``); ``cpu_timing`` times the plain-torch reference path of the quantized
-layers against float on this CPU (it dequantizes the whole weight at every call: slower at every M);
+``qlab.kernels.bench.DEVICES``; ``roofline_panel``, the notebook's slider over N, K and M);
+``cpu_timing`` times the plain-torch reference path of the quantized layers against float on this CPU
+(it dequantizes the whole weight at every call: slower at every M);
 ``check_kernels`` runs the Triton kernels (compiled on a GPU, in Triton's interpreter on a CPU) against
 their references; ``find_gpu_results`` reads the benchmark files ``qlab bench`` commits. The compiled
 code of the kernels (PTX, on a CPU) is ``qlab.lessons.compiled_code``.
@@ -39,8 +40,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import to_hex
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -49,6 +52,9 @@ from qlab.lessons import log_axis
 from qlab.kernels.bench import REFERENCE_DEVICE, DeviceSpec, ideal_speedup, ideal_time, problem_bytes
 from qlab.layers.weight_only import WeightOnlyLinear
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 KINDS = ("fp16", "w8a16", "w4a16", "w8a8")
 COLORS = {"fp16": "tab:gray", "w8a16": "tab:blue", "w4a16": "tab:green", "w8a8": "tab:red"}
@@ -179,6 +185,81 @@ def plot_roofline(view: RooflineView, mark_m: int | None = None) -> plt.Figure:
     bx.legend(fontsize=8, loc="center right")
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92, wspace=0.3)  # tight_layout is slow for a slider
     return fig
+
+
+def roofline_line(view: RooflineView, m: int) -> str:
+    """Each kind's ideal speedup at M = ``m`` (one of ``view.m_values``) and which side of its ridge it is on."""
+    if m not in view.m_values:
+        raise ValueError(f"m must be one of the view's M values {view.m_values}, got {m!r}")
+    i = view.m_values.index(m)
+    return f"M = {m}: " + ", ".join(f"{k} {view.speedup[k][i]:.2f}x "
+                                    f"({'compute' if m >= view.crossover[k] else 'memory'}-bound)" for k in KINDS)
+
+
+def roofline_frame(view: RooflineView, m: int) -> "Frame":
+    """The slider's picture as a ``qlab.live.Frame`` (the plotly twin of ``plot_roofline(view, mark_m=m)``):
+    left, the roofline with every (kind, M) and M = ``m`` circled; right, the ideal speedup against M."""
+    import numpy as np
+
+    from qlab.live import Frame, vline_shape
+
+    text = roofline_line(view, m)                  # checks m first
+    i = view.m_values.index(m)
+    color = {k: to_hex(COLORS[k]) for k in KINDS}
+    i_all = [x for k in KINDS for x in view.intensity[k]]
+    lo, hi = min(i_all) / 2, max(i_all) * 2
+    traces = []
+    for name, peak, dash in (("bf16 / fp16 peak", view.peaks["fp16"], "solid"),
+                             ("int8 peak", view.peaks["w8a8"], "dash")):
+        xs = np.array([lo, min(max(peak / view.bandwidth, lo), hi), hi])      # the roof bends at the ridge point
+        traces.append({"type": "scatter", "mode": "lines", "x": xs, "y": np.minimum(xs * view.bandwidth, peak) / 1e12,
+                       "name": name, "line": {"color": "black", "dash": dash, "width": 1}, "xaxis": "x", "yaxis": "y"})
+    for k in KINDS:
+        traces.append({"type": "scatter", "mode": "markers", "x": np.array(view.intensity[k]),
+                       "y": np.array(view.attainable[k]) / 1e12, "name": k, "legendgroup": k,
+                       "marker": {"color": color[k], "size": 6}, "xaxis": "x", "yaxis": "y"})
+        traces.append({"type": "scatter", "mode": "lines+markers", "x": np.array(view.m_values, dtype=float),
+                       "y": np.array(view.speedup[k]), "name": k, "legendgroup": k, "showlegend": False,
+                       "marker": {"color": color[k], "size": 5}, "xaxis": "x2", "yaxis": "y2"})
+    traces.append({"type": "scatter", "mode": "markers", "name": f"M = {m}",
+                   "x": np.array([view.intensity[k][i] for k in KINDS]),
+                   "y": np.array([view.attainable[k][i] for k in KINDS]) / 1e12,
+                   "marker": {"symbol": "circle-open", "size": 15, "line": {"width": 1.5},
+                              "color": list(color.values())}, "xaxis": "x", "yaxis": "y"})
+    one = {"type": "line", "xref": "x2 domain", "yref": "y2", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+           "line": {"color": "gray", "width": 1}}
+    layout = {"shapes": [vline_shape(m, 2, color="gray", dash="dot"), one],
+              "title": {"text": f"N x K = {view.N} x {view.K}, M = {m}", "font": {"size": 13}, "y": 0.98}}
+    return Frame(traces, layout, text)
+
+
+def roofline_panel(dims: Sequence[int] = (1024, 4096, 8192, 28672),
+                   spec: DeviceSpec = REFERENCE_DEVICE) -> "LivePanel":
+    """Notebook 10's panel: N and K (dropdowns over ``dims``, 4096 each) and log2 M (0..13, start 4)."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    views: dict[tuple[int, int], RooflineView] = {}        # a view is pure arithmetic: kept per (N, K)
+
+    def render(N: int, K: int, log2_M: int) -> "Frame":
+        if (N, K) not in views:
+            views[N, K] = roofline_view(N, K, spec=spec)
+        return roofline_frame(views[N, K], 2 ** log2_M)
+
+    decades = {"type": "log", "dtick": 1, "exponentformat": "power"}     # a tick per power of 10, no minor labels
+    figure = live_figure(2, titles=(f"Roofline, {spec.name} ({spec.copy_bytes_per_s / 1e12:.1f} TB/s)",
+                                    "ideal speedup over fp16 (W8A8: over bf16)"), height=420)
+    figure.update_layout(
+        xaxis={"title": {"text": "arithmetic intensity (flops / byte)"}, **decades},
+        yaxis={"title": {"text": "attainable TFLOP/s"}, **decades},
+        xaxis2={"title": {"text": "M (rows: tokens in flight)"}, **decades},
+        yaxis2={"title": {"text": "ideal speedup"}}, margin={"t": 60, "b": 90},
+        legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"})
+    default = 4096 if 4096 in dims else dims[0]
+    return live(render, figure, N=widgets.Dropdown(options=list(dims), value=default, description="N"),
+                K=widgets.Dropdown(options=list(dims), value=default, description="K"),
+                log2_M=widgets.IntSlider(value=4, min=0, max=13, description="log2 M"))
 
 
 # ----------------------------------------------------------------------------- measured on this CPU

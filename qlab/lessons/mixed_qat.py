@@ -9,8 +9,8 @@ width per layer to minimise the predicted loss under an average bits-per-weight 
 
     min  sum_l delta_l(b_l)      subject to   sum_l n_l bits_l(b_l) <= B sum_l n_l
 
-(an exact multiple-choice knapsack, ``search_plan``). ``plan_view`` is the budget slider: the plan, its
-predicted and measured perplexity, against uniform RTN at every bit width.
+(an exact multiple-choice knapsack, ``search_plan``). ``plan_view`` is one position of the budget slider
+(``plan_panel``): the plan, its predicted and measured perplexity, against uniform RTN at every bit width.
 
 **QAT.** Fine-tune through the rounding: the forward pass uses fake_quantize(W), the backward pass the
 straight-through estimator (Jacob et al. 2018, https://arxiv.org/abs/1712.05877; learned step sizes:
@@ -28,9 +28,10 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import to_hex
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,6 +44,9 @@ from qlab.stats import change_cell
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.train import _batch
 from qlab.plotting import FIGURE_WIDTH
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 BIT_COLORS = {2: "tab:red", 3: "tab:orange", 4: "tab:green", 8: "tab:blue"}
 
@@ -169,6 +173,69 @@ def plot_plan(view: PlanView) -> plt.Figure:
     bx.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plan_frame(view: PlanView) -> "Frame":
+    """The slider's picture as a ``qlab.live.Frame`` (the plotly twin of ``plot_plan``): left, the bit width
+    of every layer; right, the perplexity change against bits per weight (the additive model's front,
+    uniform RTN, the plan predicted and measured, the budget)."""
+    import numpy as np
+
+    from qlab.live import Frame, vline_shape
+
+    colors = {b: to_hex(c) for b, c in BIT_COLORS.items()}
+    traces = [{"type": "bar", "x": np.arange(len(view.layers), dtype=float), "y": np.array(view.bits, dtype=float),
+               "marker": {"color": [colors.get(b, "#000000") for b in view.bits]}, "showlegend": False,
+               "name": "bits", "hovertext": [f"{n}: {b}-bit" for n, b in zip(view.layers, view.bits)],
+               "hoverinfo": "text", "xaxis": "x", "yaxis": "y"},
+              {"type": "scatter", "mode": "lines", "x": np.array(view.front_bits), "y": np.array(view.front_change),
+               "line": {"shape": "hv", "color": "#666666", "width": 1.5}, "name": "additive model (predicted)",
+               "xaxis": "x2", "yaxis": "y2"}]
+    for p in view.uniform:
+        change = 100 * (p.perplexity / view.float_perplexity - 1)
+        traces.append({"type": "scatter", "mode": "markers", "name": f"uniform {p.bits}-bit RTN",
+                       "x": np.array([p.bits_per_weight]), "y": np.array([change]),
+                       "marker": {"symbol": "square", "size": 9, "color": colors.get(p.bits, "#000000")},
+                       "xaxis": "x2", "yaxis": "y2"})
+    for name, y, marker in (("plan, predicted", view.predicted_change, {"symbol": "circle-open", "size": 12}),
+                            ("plan, measured", view.measured_change, {"symbol": "star", "size": 14})):
+        traces.append({"type": "scatter", "mode": "markers", "name": name, "x": np.array([view.plan.bits_per_weight]),
+                       "y": np.array([y]), "marker": {**marker, "color": "black"}, "xaxis": "x2", "yaxis": "y2"})
+    bottom = min(0.0, *view.front_change, view.measured_change) * 1.2          # linear, like the bars
+    layout = {"shapes": [vline_shape(view.plan.budget, 2, color="gray", dash="dot")],
+              "yaxis2": {"range": [bottom, None], "autorange": "max"},
+              "title": {"text": f"Plan: {view.plan.bits_per_weight:.3f} bits/weight (budget {view.plan.budget:.2f})",
+                        "font": {"size": 13}, "y": 0.98}}
+    return Frame(traces, layout, view.summary())
+
+
+def plan_panel(model: nn.Module, sens: LayerSensitivity, uniform: Sequence[UniformPoint], float_perplexity: float,
+               value: float = 3.0, mode: str = "fast") -> "LivePanel":
+    """Notebook 9's budget slider (bits per weight, step 0.05 over ``sens.bits_range()``, released to
+    update): each new budget is searched and measured (``plan_view``); a budget seen before is kept."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    lo, hi = sens.bits_range()
+    views: dict[float, PlanView] = {}
+
+    def render(budget: float) -> "Frame":
+        if budget not in views:
+            views[budget] = plan_view(model, sens, budget, uniform, float_perplexity, mode)
+        return plan_frame(views[budget])
+
+    figure = live_figure(2, height=400, column_widths=[0.58, 0.42], horizontal_spacing=0.1)
+    bits = sorted(set(p.bits for p in uniform))
+    figure.update_layout(
+        xaxis={"title": {"text": "layer"}, "tickvals": list(range(len(sens.layers))), "tickangle": -60,
+               "ticktext": [short_name(n) for n in sens.layers], "tickfont": {"size": 9}},
+        yaxis={"title": {"text": "bits"}, "tickvals": bits, "range": [0, max(bits) + 0.5]},
+        xaxis2={"title": {"text": "average bits per weight (scales included)"}},
+        yaxis2={"title": {"text": "perplexity change vs float (%)"}}, margin={"t": 50, "b": 110},
+        legend={"x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "top", "bgcolor": "rgba(255, 255, 255, 0.8)"})
+    return live(render, figure, budget=widgets.FloatSlider(value=value, min=round(lo, 2), max=round(hi, 2), step=0.05,
+                                                           continuous_update=False, description="bits/weight"))
 
 
 # ----------------------------------------------------------------------------- QAT

@@ -18,16 +18,19 @@ The slider re-quantizes the model with ``bits`` in 2..8 and a group size (32, 64
 output channel) and reports the fast perplexity (``qlab.evaluate``, 16 windows) and a short greedy
 sample. To stay fast, ``rtn_view`` evaluates a *dequantized* copy (``dequantized_model``): each
 ``WeightOnlyLinear`` replaced by an ``nn.Linear`` holding exactly the weights its codes stand for, the
-same function as the layer's reference forward without unpacking the codes on every call.
+same function as the layer's reference forward without unpacking the codes on every call. The
+notebook's panel (``rtn_panel``) goes one step further (``RTNSlider``): one such copy, built once,
+whose weights each move rewrites, with the same numbers as ``rtn_view``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -36,11 +39,16 @@ from qlab.calibrators import CalibrationResult, MinMax
 from qlab.capture import capture_activations
 from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
+from qlab.layers.base import float_weight_and_bias
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear
+from qlab.quantize import fake_quantize
 from qlab.sizes import model_size_bytes, stored_bits_per_weight
 from qlab.spec import QuantSpec
-from qlab.stats import change_cell, perplexity_cell
+from qlab.stats import change_cell, perplexity_cell, windows_fingerprint
+
+if TYPE_CHECKING:
+    from qlab.live import Frame, LivePanel
 
 SCHEMES: dict[str, QuantRecipe] = {
     "int8 weight-only": QuantRecipe("weight_only", bits=8, group_size=None, symmetric=True),
@@ -176,6 +184,7 @@ class RTNSweep:
 
     float_perplexity: float
     views: tuple[RTNView, ...]
+    windows_sha: str = ""    # the windows measured on (``qlab.stats.windows_fingerprint``)
 
     def curve(self, group_size: Optional[int]) -> tuple[list[float], list[float], list[int]]:
         """(bits per weight, perplexity, bits) of one group size, in bit order."""
@@ -187,7 +196,8 @@ def rtn_sweep(model: nn.Module, windows: Tensor, bits: Sequence[int] = BITS,
               group_sizes: Sequence[Optional[int]] = (128, None)) -> RTNSweep:
     """``rtn_view`` (no sample) for every pair of ``bits`` x ``group_sizes``."""
     views = tuple(rtn_view(model, b, g, windows, n_tokens=0) for g in group_sizes for b in bits)
-    return RTNSweep(perplexity_on(model, windows).perplexity, views)
+    fp = perplexity_on(model, windows)
+    return RTNSweep(fp.perplexity, views, fp.windows_sha)
 
 
 def format_sweep(sweep: RTNSweep) -> str:
@@ -201,22 +211,97 @@ def format_sweep(sweep: RTNSweep) -> str:
     return "\n".join(lines)
 
 
-def plot_rtn(view: RTNView, sweep: RTNSweep) -> plt.Figure:
-    """Perplexity against bits per weight, one curve per swept group size, the slider's point starred."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+class RTNSlider:
+    """``rtn_view`` for one slider, without re-copying the model at every move: the same numbers, tested.
+
+    One float copy of ``model``, built once with ``dequantized_model``'s structure, gets at every move the
+    RTN weights of the new (bits, group size) written into its block linears: ``fake_quantize`` with
+    ``rtn_spec`` on an fp32 weight is, bit for bit, the quantized layer's ``dequantized_weight``. The
+    perplexity, size and bits per weight of a position ``sweep`` measured (on the same windows) are taken
+    from it; the size of another is measured on its ``quantize_model`` once. Positions seen are kept.
+    """
+
+    def __init__(self, model: nn.Module, windows: Tensor, sweep: Optional[RTNSweep] = None, prompt: str = "def ",
+                 n_tokens: int = 60) -> None:
+        if sweep is not None and sweep.windows_sha != windows_fingerprint(windows):
+            raise ValueError("sweep was measured on other windows than these: pass the windows given to rtn_sweep")
+        if any(p.dtype != torch.float32 for p in model.parameters()):
+            raise ValueError("RTNSlider rewrites fp32 weights: model must be float32 (for another dtype use rtn_view)")
+        self.model, self.windows, self.prompt, self.n_tokens = model, windows, prompt, n_tokens
+        self.known = {(v.bits, v.group_size): v for v in sweep.views} if sweep is not None else {}
+        self.views: dict[tuple[int, Optional[int]], RTNView] = {}
+        self.fast: Optional[nn.Module] = None       # the float copy whose weights each move rewrites
+        self.names: list[str] = []                  # its block linears
+
+    def view(self, bits: int, group_size: Optional[int]) -> RTNView:
+        """``rtn_view(model, bits, group_size, windows, prompt, n_tokens)``."""
+        key = (bits, group_size)
+        if key in self.views:
+            return self.views[key]
+        spec = rtn_spec(bits, group_size)
+        known = self.known.get(key)
+        if known is None or self.fast is None:
+            qmodel = quantize_model(self.model, QuantRecipe("weight_only", spec=spec))
+            size, bpw = model_size_bytes(qmodel), stored_bits_per_weight(qmodel)
+            if self.fast is None:
+                self.names = [n for n, m in qmodel.named_modules() if isinstance(m, WeightOnlyLinear)]
+                self.fast = dequantized_model(qmodel)
+        else:
+            size, bpw = known.size_bytes, known.bits_per_weight
+        with torch.no_grad():
+            for name in self.names:
+                weight = float_weight_and_bias(self.model.get_submodule(name))[0]
+                self.fast.get_submodule(name).weight.copy_(fake_quantize(weight, spec))
+        sample = generate(self.fast, self.prompt, self.n_tokens) if self.n_tokens else ""
+        ppl = known.perplexity if known is not None else perplexity_on(self.fast, self.windows).perplexity
+        self.views[key] = RTNView(bits, group_size, bpw, size, ppl, sample)
+        return self.views[key]
+
+
+def rtn_frame(view: RTNView, sweep: RTNSweep) -> "Frame":
+    """The slider's picture as a ``qlab.live.Frame``: perplexity against bits per weight, one curve per
+    swept group size (each point named by its bits), the float model, the slider's point starred; the
+    text: the summary, then the sample."""
+    from qlab.live import Frame
+
+    traces = []
     for g in dict.fromkeys(v.group_size for v in sweep.views):
         x, y, bits = sweep.curve(g)
-        ax.plot(x, y, "o-", label="per-channel" if g is None else f"group {g}")
-        for xi, yi, b in zip(x, y, bits):
-            ax.annotate(str(b), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.axhline(sweep.float_perplexity, color="k", ls="--", lw=1, label="float")
-    ax.plot(view.bits_per_weight, view.perplexity, "r*", ms=14, label="slider")
-    ax.set(xlabel="bits per weight as stored (codes + fp32 scale and zero)", ylabel="perplexity (fast)",
-           title=f"RTN: int{view.bits}, {'per-channel' if view.group_size is None else f'group {view.group_size}'}")
-    ax.legend(fontsize=8, loc="upper right")
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)  # tight_layout is slow for a slider
-    return fig
+        names = []                 # widths stored alike (5..8 bits: 8-bit codes) share one point: label "5-8"
+        for _, run in itertools.groupby(zip(x, bits), key=lambda point: point[0]):
+            run = [b for _, b in run]
+            names += [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0])] + [""] * (len(run) - 1)
+        traces.append({"type": "scatter", "mode": "lines+markers+text", "x": np.array(x), "y": np.array(y),
+                       "text": names, "textposition": "top right", "textfont": {"size": 9},
+                       "name": "per-channel" if g is None else f"group {g}"})
+    xs = [v.bits_per_weight for v in sweep.views] + [view.bits_per_weight]
+    traces.append({"type": "scatter", "mode": "lines", "x": np.array([min(xs) - 0.2, max(xs) + 0.4]),
+                   "y": np.full(2, sweep.float_perplexity), "name": "float",
+                   "line": {"color": "black", "dash": "dash", "width": 1}})
+    traces.append({"type": "scatter", "mode": "markers", "x": np.array([view.bits_per_weight]),
+                   "y": np.array([view.perplexity]), "name": "slider",
+                   "marker": {"symbol": "star", "size": 16, "color": "red"}})
+    g = "per-channel" if view.group_size is None else f"group {view.group_size}"
+    layout = {"title": {"text": f"RTN: int{view.bits}, {g}", "font": {"size": 13}, "y": 0.97}}
+    return Frame(traces, layout, f"{view.summary()}\n{view.sample}")
 
+
+def rtn_panel(model: nn.Module, windows: Tensor, sweep: RTNSweep, prompt: str = "def ",
+              n_tokens: int = 60) -> "LivePanel":
+    """Notebook 5's panel: bits (2..8, start 4) and group size ("128") re-quantize the model (``RTNSlider``):
+    perplexity on ``windows`` and a greedy sample of ``n_tokens`` bytes, over ``sweep``'s curves."""
+    import ipywidgets as widgets
+
+    from qlab.live import live, live_figure
+
+    slider = RTNSlider(model, windows, sweep, prompt, n_tokens)
+    figure = live_figure(1, height=380)
+    figure.update_layout(xaxis={"title": {"text": "bits per weight as stored (codes + fp32 scale and zero)"}},
+                         yaxis={"title": {"text": "perplexity (fast)"}}, margin={"t": 50},
+                         legend={"x": 0.99, "xanchor": "right", "y": 0.99})
+    return live(lambda bits, group: rtn_frame(slider.view(bits, GROUP_SIZES[group]), sweep), figure,
+                bits=widgets.IntSlider(value=4, min=BITS[0], max=BITS[-1], continuous_update=False, description="bits"),
+                group=widgets.Dropdown(options=list(GROUP_SIZES), value="128", description="group"))
 
 
 def describe_model(model: nn.Module, card: Mapping) -> str:
