@@ -47,7 +47,7 @@ def schemes(model, calib_windows: int = 128):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=0, help="test windows (0: the full test split)")
-    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1: two threads spin-wait on a busy 2-core machine, 10x slower measured)")
     args = ap.parse_args(argv)
     if args.windows < 0 or args.threads < 1:
         print("qlab: error: --windows must be >= 0 and --threads >= 1", file=sys.stderr)
