@@ -45,7 +45,9 @@ demo: install
 test: install
 	$(VENV)/bin/qlab info
 	bash tools/install_browser.sh
-	$(PY) -m pytest tests -q
+	# two workers, a test file each (pytest-xdist), the longest files first (tests/conftest.py): the browser
+	# tests keep two kernels busy while the other worker runs the rest
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 	# two notebooks at a time (pytest-xdist, one notebook per worker): each kernel runs torch on one thread
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 

@@ -120,7 +120,9 @@ def vline_shape(x: float, k: int = 1, color: str = "black", dash: str = "dash") 
 
 def live_figure(cols: int = 1, *, rows: int = 1, titles: Sequence[str] = (), height: int = 340,
                 width: int = FIGURE_WIDTH_PX, **subplot_args: Any):
-    """An empty plotly ``FigureWidget`` with a grid of subplots, ``width`` px wide (the lessons' 840)."""
+    """An empty plotly figure with a grid of subplots, ``width`` px wide (the lessons' 840). A ``LivePanel``
+    draws its first frame into it and only then makes it a ``FigureWidget``, so the widget is born with its
+    data (traces added to a FigureWidget before the browser has loaded plotly's code can be lost)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -132,7 +134,7 @@ def live_figure(cols: int = 1, *, rows: int = 1, titles: Sequence[str] = (), hei
                       legend=dict(font=dict(size=10)), font=dict(size=11))
     if titles:
         fig.update_annotations(font_size=12)
-    return go.FigureWidget(fig)
+    return fig
 
 
 def _structure(traces) -> list[str]:
@@ -157,6 +159,25 @@ def _changed_keys(new: Mapping, old: Mapping | None) -> dict:
     return {k: v for k, v in new.items() if old is None or k not in old or not _same(old[k], v)}
 
 
+def _plain(value: Any) -> Any:
+    """numpy arrays as lists (NaN as None, a gap), in dicts and lists too. plotly.js echoes numpy data back
+    as typed-array dicts, and plotly's widget then tests the array's truth value (a ValueError in the
+    browser's log console); JSON has no NaN."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            return [None if v != v else v for v in value.tolist()]
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:
     """Show ``frame`` in ``fig`` (a plotly ``Figure`` or ``FigureWidget``): in place, one message, when
     the traces keep their number and types; otherwise the traces are replaced.
@@ -170,8 +191,8 @@ def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:
     subplot_titles = [a for a in fig.layout.annotations if getattr(a, "xref", "") == "paper"]
     if _structure(fig.data) != _structure(frame.traces):
         fig.data = ()
-        fig.add_traces([dict(t) for t in frame.traces])
-        _set_layout(fig, frame.layout, subplot_titles)
+        fig.add_traces([_plain(dict(t)) for t in frame.traces])
+        _set_layout(fig, _plain(frame.layout), subplot_titles)
         return
     if previous is not None and _structure(previous.traces) != _structure(frame.traces):
         previous = None
@@ -180,10 +201,10 @@ def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:
             changed = _changed_keys(props, previous.traces[i] if previous is not None else None)
             changed.pop("type", None)
             if changed:
-                trace.update(changed)
+                trace.update(_plain(changed))
         layout = _changed_keys(frame.layout, previous.layout if previous is not None else None)
         if layout:
-            _set_layout(fig, layout, subplot_titles)
+            _set_layout(fig, _plain(layout), subplot_titles)
 
 
 def _set_layout(fig, layout: Mapping, subplot_titles: list) -> None:
@@ -223,6 +244,7 @@ class LivePanel:
     def __init__(self, render: Callable[..., Frame], controls: Mapping[str, Any], figure=None, *,
                  description: str = "") -> None:
         import ipywidgets as widgets
+        import plotly.graph_objects as go
 
         if not callable(render):
             raise TypeError(f"render must be callable, got {type(render).__name__}")
@@ -248,9 +270,12 @@ class LivePanel:
         if figure is not None:
             parts.append(figure)
         parts.append(self.text)
+        self.draw()
+        if figure is not None and not isinstance(figure, go.FigureWidget):
+            self.figure = go.FigureWidget(figure)          # born with the first frame's data
+            parts = [self.figure if p is figure else p for p in parts]
         self.widget = widgets.VBox(parts)
         self.widget.add_class("qlab-live-panel")
-        self.draw()
 
     # ------------------------------------------------------------------ what the panel shows
     def values(self) -> dict:

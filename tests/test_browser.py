@@ -1,46 +1,97 @@
-"""The tutorial in a real JupyterLab, driven in headless Chromium: the sliders work where students use them.
+"""Every notebook of the course, as students run it, in a real JupyterLab driven in headless Chromium.
 
-nbval (``make test``) proves each notebook runs and prints what it printed when it was built; it does not
-prove that a widget lives in the browser: a front-end extension can be missing, a callback can raise
-only when the slider moves, a plot can fail to redraw. These tests start ``jupyter lab`` from this
-environment (``tests/_jupyterlab.py``), open the notebooks in Debian's Chromium through Playwright,
-*Run > Run All Cells* from the menu, drag sliders with the mouse and hover a plotly figure, then check
-that the printed error and the plot changed, and that nothing failed on the way: no stderr or traceback
-output in any cell, none in JupyterLab's log console (where an exception raised by a widget observer
-lands), no error in the browser's console, no exception in the server's log (which carries the kernels'
-stderr). ``test_a_failing_callback_is_caught`` shows that these checks do catch a callback that raises.
+nbval (``make test``) proves that each instructor notebook runs and prints what it printed when it was
+built; it does not prove that a widget lives in the browser (a front-end extension can be missing, a
+callback can raise only when a slider moves, a figure can fail to redraw), nor what the *student*
+edition does. Here ``jupyter lab`` runs from this environment (``tests/_jupyterlab.py``); every notebook
+``notebooks/NN_*.ipynb`` (found by the glob: a new one is covered at once) is written into the lab in its
+student edition (``build_course.cleared(student_edition(nb))``: every exercise unsolved) and, in Debian's
+Chromium through Playwright:
+
+1. *Run > Run All Cells* from the menu;
+2. every control of every widget panel is operated (``_jupyterlab.operate_every_control``): each slider
+   dragged with the mouse to both ends and the middle, dropdowns set to up to three other options,
+   checkboxes clicked twice, numbers typed (Enter) and typed back. After each move the test waits until
+   the panel has caught up (a ``qlab.live.LivePanel``: ``data-busy=0``, a new frame, ``data-shown``
+   equal to what every control displays; an ``interact``: the output changed and stayed the same with
+   the kernel idle) and fails if the output did not change for a new value, or did not catch up;
+3. it fails on any error anywhere: stderr or traceback in a cell or a widget output, an error shown by a
+   LivePanel, JupyterLab's log console (where a widget observer's exception lands), the browser's
+   console, an exception in the server's log (which carries the kernels' stderr);
+4. the notebook is saved from the browser (Ctrl+S) and the saved file is compared with the instructor
+   notebook: every exercise's checker says "not done yet" (NotImplementedError), every other cell
+   (not ``NBVAL_IGNORE_OUTPUT``) prints what the instructor notebook prints, sanitized as nbval does
+   (``notebooks/sanitize.cfg``). This is the course's only run of the student edition;
+5. a screenshot of the first panel, its controls moved back to where they started, goes to ``test-artifacts/browser/NN_name.png``
+   (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
+
+Two notebooks run at a time, each in its own lab server, browser and kernel (``WORKERS``: the two cores
+of CI), the longest first (as the instructor notebook's execution times say); the per-notebook times go
+to ``test-artifacts/browser/timings.json`` and the terminal. ``test_a_failing_callback_is_caught`` and
+``test_a_failing_live_panel_is_caught`` show that these checks do fail on a callback that raises, a
+render that raises and a control the output ignores.
 
 Needs ``playwright`` (Python package; its browser download is never used) and ``/usr/bin/chromium``
-(``tools/install_browser.sh``); without them the tests skip and say why. Screenshots go to
-``test-artifacts/browser/``; with ``QLAB_UPDATE_SCREENSHOTS=1`` the README's screenshots in
-``docs/screenshots/`` are rewritten too.
+(``tools/install_browser.sh``); without them the tests skip and say why.
 
-    .venv/bin/python -m pytest tests/test_browser.py -q          (about 1.5-2.5 min on two cores)
+    .venv/bin/python -m pytest tests/test_browser.py -q          (7.5 min on 2 cores shared at load 3-5)
+    .venv/bin/python -m pytest tests/test_browser.py -q -k 01_one_tensor
     QLAB_UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_browser.py -q
 """
 
 from __future__ import annotations
 
+import configparser
+import datetime
+import json
 import os
+import queue
 import re
 import shutil
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from _jupyterlab import CHROMIUM, CHROMIUM_ARGS, LabServer, NotebookPage, kernel_log_errors, read_output
+from _jupyterlab import CHROMIUM, CHROMIUM_ARGS, LabServer, NotebookPage, Outcome, Panel, operate_every_control
+from qlab.course.edition import student_edition
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 UPDATE_SCREENSHOTS = os.environ.get("QLAB_UPDATE_SCREENSHOTS") == "1"
-ONE_TENSOR = "01_one_tensor.ipynb"
-PTQ_TRANSFORMER = "05_ptq_transformer.ipynb"
+VIEWPORT = {"width": 1400, "height": 1000}
+WORKERS = 2                      # notebooks at a time: one lab server, browser and kernel each
+RUN_ALL_TIMEOUT_MS = 900_000     # the longest notebook runs ~3 min on a loaded 2-core machine
+
+sys.path.insert(0, str(ROOT / "tools"))
+import build_course  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+def _expected_seconds(path: Path) -> float:
+    """How long the instructor notebook took to run when it was built (its cells' execution times)."""
+    total = 0.0
+    for cell in nbformat.read(path, as_version=4).cells:
+        run = cell.get("metadata", {}).get("execution", {})
+        try:
+            start = datetime.datetime.fromisoformat(run["iopub.execute_input"].replace("Z", "+00:00"))
+            end = datetime.datetime.fromisoformat(run["shell.execute_reply"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            continue
+        total += (end - start).total_seconds()
+    return total
+
+
+COURSE = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=lambda p: (-_expected_seconds(p), p.name))
 
 
 def _missing_browser() -> str | None:
@@ -54,48 +105,263 @@ def _missing_browser() -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------
-# Two throwaway notebooks, written next to the tutorial's copies: a plotly figure, and a slider whose
-# callback raises (to show that the error checks below can fail).
-# ---------------------------------------------------------------------------------------------------
-
-PLOTLY_NOTEBOOK = "_plotly_hover.ipynb"
-PLOTLY_SOURCE = """import plotly.graph_objects as go
-go.Figure(go.Scatter(x=[2, 4, 8], y=[0.125, 0.0625, 0.00390625], mode="markers+lines", name="MSE"),
-          layout=dict(width=600, height=400, xaxis_title="bits", yaxis_title="MSE"))"""
-FAILING_NOTEBOOK = "_failing_callback.ipynb"
-FAILING_SOURCE = """import ipywidgets as widgets
-@widgets.interact(bits=widgets.IntSlider(value=4, min=2, max=8))
-def show(bits):
-    if bits > 6:
-        raise ValueError(f"bits={bits}: this callback fails on purpose")
-    print(f"{bits} bits")
-
-def observer(change):
-    raise RuntimeError("this observer fails on purpose")
-clip = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, description="clip")
-clip.observe(observer, names="value")
-clip"""
-
-
-def _write_notebook(path: Path, source: str) -> None:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
+def _launch(pw):
+    return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Fixtures: one server and one browser for the module, one page per test
+# What the student edition must print: the comparison with the instructor notebook
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[LabServer]:
+def _sanitizers() -> list[tuple[re.Pattern, str]]:
+    cfg = configparser.ConfigParser()
+    cfg.read(NOTEBOOKS / "sanitize.cfg")
+    return [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
+
+
+def _text(cell, sanitizers) -> str:
+    """What a cell printed (streams, text/plain, ``<image>`` for a PNG), sanitized as nbval does."""
+    parts = []
+    for out in cell.get("outputs", []):
+        text = out.get("text") or out.get("data", {}).get("text/plain", "")
+        parts.append("".join(text) if isinstance(text, list) else text)
+        if "image/png" in out.get("data", {}):
+            parts.append("<image>")
+    text = "".join(parts)
+    for pattern, replace in sanitizers:
+        text = pattern.sub(replace, text)
+    return text
+
+
+def compare_with_instructor(saved: Path, instructor: Path) -> list[str]:
+    """Why the student edition ``saved`` (run, then saved from the browser) is not what it should be: an
+    error output, an exercise checker that does not say "not done yet", a cell that prints something else
+    than in the instructor notebook."""
+    from qlab.course import NOT_DONE
+    from qlab.course.edition import BEGIN_SOLUTION, graded_exercise
+
+    sanitizers = _sanitizers()
+    mine, theirs = nbformat.read(saved, as_version=4), nbformat.read(instructor, as_version=4)
+    if len(mine.cells) != len(theirs.cells):
+        return [f"the saved notebook has {len(mine.cells)} cells, the instructor's {len(theirs.cells)}"]
+    problems = []
+    for k, (got_cell, want_cell) in enumerate(zip(mine.cells, theirs.cells)):
+        where = f"cell {k} ({got_cell.source.strip().splitlines()[0][:70] if got_cell.source.strip() else ''!r})"
+        if [o for o in got_cell.get("outputs", []) if o.output_type == "error"]:
+            problems.append(f"{where}: an error output")
+        if got_cell.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in got_cell.source:
+            continue
+        got = _text(got_cell, sanitizers)
+        if graded_exercise(want_cell.source):
+            if f"{NOT_DONE}." not in got or "NotImplementedError" not in got:
+                problems.append(f"{where}: the checker of an unsolved exercise printed {got[-500:]!r}")
+        elif BEGIN_SOLUTION not in want_cell.source and got != _text(want_cell, sanitizers):
+            problems.append(f"{where}: prints\n{got[-800:]}\ninstead of (instructor)\n{_text(want_cell, sanitizers)[-800:]}")
+    return problems
+
+
+def _widget_views(path: Path) -> int:
+    """How many widgets the instructor notebook's cells display (its panels)."""
+    nb = nbformat.read(path, as_version=4)
+    return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One notebook in the browser
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class NotebookRun:
+    notebook: str
+    problems: list[str] = field(default_factory=list)
+    panels: int = 0
+    moves: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)   # open, run_all, operate, save, total
+    started_s: float = 0.0                                     # since the first notebook started
+    slowest_moves: list[str] = field(default_factory=list)
+    screenshot: str | None = None                              # the README's, when rewritten
+
+
+def _screenshot(page: NotebookPage, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.page.screenshot(path=str(ARTIFACTS / name))
+    return ARTIFACTS / name
+
+
+def check_page(page: NotebookPage) -> tuple[list[Panel], list[Outcome], list[str]]:
+    """Operate every control of the page (which has run) and collect every problem: failed moves, then
+    every error the page, its consoles and the server's log show."""
+    panels, outcomes, problems = operate_every_control(page)
+    return panels, outcomes, problems + page.problems()
+
+
+def run_student_edition(browser, server: LabServer, instructor: Path, t0: float) -> NotebookRun:
+    """The student edition of ``instructor`` in ``server``, through ``browser``: run, operated, checked,
+    saved and compared (the module docstring's steps 1-5)."""
+    run = NotebookRun(instructor.stem, started_s=round(time.monotonic() - t0, 1))
+    start = time.monotonic()
+    student = build_course.cleared(student_edition(nbformat.read(instructor, as_version=4)))
+    nbformat.write(student, server.root / instructor.name)
+    context = browser.new_context(viewport=VIEWPORT)
+    page = None
+
+    def lap(name: str) -> None:
+        run.seconds[name] = round(time.monotonic() - start - sum(run.seconds.values()), 1)
+
+    try:
+        page = NotebookPage(context.new_page(), server, instructor.name)
+        lap("open")
+        page.run_all_cells(timeout=RUN_ALL_TIMEOUT_MS)
+        lap("run_all")
+        panels, outcomes, problems = check_page(page)
+        run.panels, run.moves = len(panels), len(outcomes)
+        run.slowest_moves = [f"{o.control} {o.move}: {o.latency_ms:.0f} ms" for o in
+                             sorted(outcomes, key=lambda o: -o.latency_ms)[:3]]
+        run.problems += problems
+        views = _widget_views(instructor)
+        if len(panels) != views:
+            run.problems.append(f"the instructor notebook displays {views} widgets, the page shows {len(panels)} panels")
+        lap("operate")
+        first = next((p for p in panels if p.controls), None)
+        shot = None
+        if first is not None:              # its first panel, the moves done (its controls back where they were)
+            page.show(first.cell)
+            shot = _screenshot(page, f"{instructor.stem}.png")
+        saved = page.save()
+        run.problems += compare_with_instructor(saved, instructor)
+        if shot is not None and UPDATE_SCREENSHOTS and not run.problems:   # the README shows only what passed
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, SCREENSHOTS / shot.name)
+            run.screenshot = str((SCREENSHOTS / shot.name).relative_to(ROOT))
+        lap("save_compare")
+    finally:
+        if page is not None and (run.problems or sys.exc_info()[0] is not None):
+            _screenshot(page, f"{instructor.stem}-last.png")   # what the failure looked like
+        context.close()
+        server.shutdown_kernels()
+        run.seconds["total"] = round(time.monotonic() - start, 1)
+    return run
+
+
+class CourseRun:
+    """The selected notebooks, ``WORKERS`` at a time, each worker a thread with its own lab server,
+    Playwright and Chromium (Playwright's sync API is per thread); ``result(name)`` waits for one."""
+
+    def __init__(self, workdir: Path, notebooks: list[Path], workers: int = WORKERS) -> None:
+        self.todo: queue.Queue[Path] = queue.Queue()
+        for nb in notebooks:
+            self.todo.put(nb)
+        self.futures: dict[str, Future] = {nb.name: Future() for nb in notebooks}
+        self.servers: list[LabServer] = []
+        self.errors: list[BaseException] = []
+        self.stopping = threading.Event()
+        self.t0 = time.monotonic()
+        self.threads = [threading.Thread(target=self._work, args=(workdir / f"worker{k}", k), daemon=True,
+                                         name=f"browser-worker-{k}") for k in range(min(workers, len(notebooks)))]
+        for t in self.threads:
+            t.start()
+
+    def _work(self, workdir: Path, k: int) -> None:
+        from playwright.sync_api import sync_playwright
+
+        server = None
+        try:
+            workdir.mkdir(parents=True)
+            server = LabServer(workdir)
+            self.servers.append(server)
+            server.start()
+            with sync_playwright() as pw:
+                browser = _launch(pw)
+                try:
+                    while not self.stopping.is_set():
+                        try:
+                            nb = self.todo.get_nowait()
+                        except queue.Empty:
+                            break
+                        future = self.futures[nb.name]
+                        if not future.set_running_or_notify_cancel():
+                            continue
+                        try:
+                            future.set_result(run_student_edition(browser, server, nb, self.t0))
+                        except BaseException as e:  # noqa: BLE001 - handed to the notebook's test
+                            future.set_exception(e)
+                finally:
+                    browser.close()
+        except BaseException as e:  # noqa: BLE001 - the server or the browser did not start
+            self.errors.append(e)
+        finally:
+            if server is not None:
+                server.stop()
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                (ARTIFACTS / f"jupyterlab-worker{k}.log").write_text(server.log())
+
+    def result(self, name: str) -> NotebookRun:
+        future = self.futures[name]
+        while True:
+            try:
+                return future.result(timeout=1)
+            except TimeoutError:
+                if not any(t.is_alive() for t in self.threads):
+                    raise RuntimeError(f"no browser worker is left to run {name}: {self.errors!r}") from None
+
+    def stop(self) -> list[NotebookRun]:
+        """Stop taking notebooks; wait for the workers (stopping their servers if they hang); the runs done."""
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=120)
+        if any(t.is_alive() for t in self.threads):
+            for server in self.servers:
+                server.stop()
+        return [f.result() for f in self.futures.values() if f.done() and not f.exception()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def course(request, tmp_path_factory) -> Iterator[CourseRun | None]:
+    """The notebooks whose tests are selected start at once, two at a time, while the other tests of this
+    module run; each notebook's test waits for its own."""
+    selected = {item.callspec.params["notebook"].name for item in request.session.items
+                if item.module is request.module and item.originalname == "test_student_edition_in_the_browser"}
+    if not selected:
+        yield None
+        return
     reason = _missing_browser()
     if reason:
         pytest.skip(reason)
-    server = LabServer(tmp_path_factory.mktemp("jupyterlab"), NOTEBOOKS)
-    _write_notebook(server.root / PLOTLY_NOTEBOOK, PLOTLY_SOURCE)
-    _write_notebook(server.root / FAILING_NOTEBOOK, FAILING_SOURCE)
+    runner = CourseRun(tmp_path_factory.mktemp("course"), [p for p in COURSE if p.name in selected])
+    try:
+        yield runner
+    finally:
+        runs = runner.stop()
+        wall = time.monotonic() - runner.t0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "timings.json").write_text(json.dumps(
+            {"wall_s": round(wall, 1), "workers": WORKERS, "load_after": os.getloadavg(),
+             "notebooks": [asdict(r) for r in runs]}, indent=1))
+        lines = [f"browser: {len(runs)} notebooks in {wall:.0f} s, {WORKERS} at a time (test-artifacts/browser/timings.json)"]
+        lines += [f"  {r.notebook:28} {r.seconds.get('total', 0):6.1f} s  (run all {r.seconds.get('run_all', 0):.1f} s, "
+                  f"{r.moves} moves {r.seconds.get('operate', 0):.1f} s) {len(r.problems)} problems"
+                  + (f", wrote {r.screenshot}" if r.screenshot else "") for r in runs]
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line("")
+                for line in lines:
+                    reporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[LabServer]:
+    """A lab server for the throwaway notebooks below (the course's notebooks have their own)."""
+    reason = _missing_browser()
+    if reason:
+        pytest.skip(reason)
+    server = LabServer(tmp_path_factory.mktemp("jupyterlab"))
     try:
         server.start()
         yield server
@@ -110,7 +376,7 @@ def browser(lab: LabServer):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = _launch(pw)
         try:
             yield chromium
         finally:
@@ -118,13 +384,16 @@ def browser(lab: LabServer):
 
 
 @pytest.fixture
-def open_notebook(lab: LabServer, browser, request) -> Iterator[Callable[[str], NotebookPage]]:
-    """``open_notebook(name)``: a fresh browser page showing ``name``. At teardown: a screenshot of the
-    page as it was left (what a failure looked like), the page closed, its kernel shut down."""
+def open_notebook(lab: LabServer, browser, request) -> Iterator[Callable[[str, str], NotebookPage]]:
+    """``open_notebook(name, source)``: a one-cell notebook written into the lab and shown in a fresh
+    browser page. At teardown: a screenshot of the page as it was left, the page closed, its kernel shut down."""
     contexts = []
 
-    def open_(name: str) -> NotebookPage:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    def open_(name: str, *sources: str) -> NotebookPage:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, lab.root / name)
+        context = browser.new_context(viewport=VIEWPORT)
         contexts.append(context)
         return NotebookPage(context.new_page(), lab, name)
 
@@ -139,113 +408,95 @@ def open_notebook(lab: LabServer, browser, request) -> Iterator[Callable[[str], 
         lab.shutdown_kernels()
 
 
-def _screenshot(page: NotebookPage, name: str, readme: bool = False) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.page.screenshot(path=str(ARTIFACTS / name))
-    if readme and UPDATE_SCREENSHOTS:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / name, SCREENSHOTS / name)
+# ---------------------------------------------------------------------------------------------------
+# The checks fail when they should (these run while the course's notebooks start)
+# ---------------------------------------------------------------------------------------------------
+
+FAILING_CALLBACK = """import ipywidgets as widgets
+@widgets.interact(bits=widgets.IntSlider(value=4, min=2, max=8))
+def show(bits):
+    if bits > 6:
+        raise ValueError(f"bits={bits}: this callback fails on purpose")
+    print(f"{bits} bits")"""
+FAILING_OBSERVER = """def observer(change):
+    raise RuntimeError("this observer fails on purpose")
+clip = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, description="clip")
+clip.observe(observer, names="value")
+clip"""
+FAILING_LIVE_PANEL = """import ipywidgets as widgets
+from qlab.live import Frame, live, live_figure
+
+def render(bits, clip):          # clip is ignored: moving it changes nothing
+    if bits > 6:
+        raise ValueError(f"bits={bits}: this render fails on purpose")
+    return Frame(traces=[{"type": "scatter", "x": [0, 1, 2], "y": [1.0, bits, 2.0]}], text=f"{bits} bits")
+
+live(render, live_figure(1, height=300), bits=widgets.IntSlider(value=4, min=2, max=8, description="bits"),
+     clip=widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="clip"))"""
 
 
-def _assert_no_errors(page: NotebookPage, lab: LabServer) -> None:
-    """Nothing went wrong anywhere a student could see it, or could not see it."""
-    assert page.error_outputs() == [], "a cell or a widget callback wrote to stderr or raised"
-    assert page.log_console_errors() == [], "the kernel sent errors outside the cells (a widget observer?)"
-    assert page.console_errors == [], "the browser console reported errors"
-    assert kernel_log_errors(lab.log()[page.log_start:]) == [], "the server's log (and the kernels' stderr) " \
-        "reports an exception"
+def _found(problems: list[str], *words: str) -> bool:
+    return any(all(w in p for w in words) for p in problems)
 
 
-def _number_after(word: str, text: str) -> float:
-    """The number printed right after ``word`` ("MSE 3.591e-07", "perplexity 4.210")."""
-    found = re.search(rf"{word}\s+([0-9.]+(?:e[+-]?\d+)?)", text)
-    assert found, f"no '{word} <number>' in the printed output: {text!r}"
-    return float(found.group(1))
+def test_a_failing_callback_is_caught(open_notebook) -> None:
+    """The checks the course's notebooks pass (``check_page``) fail on an ``interact`` callback that raises
+    past 6 bits (its error is shown in the widget's output) and on a widget observer that raises (its
+    error lands in the log console)."""
+    page = open_notebook("_failing_callback.ipynb", FAILING_CALLBACK, FAILING_OBSERVER)
+    page.run_all_cells()
+    assert page.problems() == []
+    panels, outcomes, problems = check_page(page)
+    assert [p.kind for p in panels] == ["interact", "widgets"]
+    assert _found(problems, "slider 'bits'", "drag to 100%", "an error was shown", "this callback fails on purpose"), problems
+    assert _found(problems, "error in the log console", "this observer fails on purpose"), problems
+
+
+def test_a_failing_live_panel_is_caught(open_notebook) -> None:
+    """... and on a ``LivePanel`` whose render raises past 6 bits (shown in the panel, written to the
+    kernel's stderr: the server's log) and whose output ignores one of its controls."""
+    page = open_notebook("_failing_live_panel.ipynb", FAILING_LIVE_PANEL)
+    page.run_all_cells()
+    assert page.problems() == []
+    panels, outcomes, problems = check_page(page)
+    assert [p.kind for p in panels] == ["live"] and panels[0].names == ["bits", "clip"]
+    assert _found(problems, "slider 'bits'", "drag to 100%", "an error was shown", "this render fails on purpose"), problems
+    assert _found(problems, "slider 'clip'", "the output did not change"), problems
+    assert _found(problems, "server log", "render failed"), problems
+    # the moves that should work, did: back to 2 bits the panel drew its frame
+    back = [o for o in outcomes if o.control.label == "bits" and o.move.arg == 0.0]
+    assert back and back[0].reason == "done" and back[0].problem is None, back
+
+
+def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
+    """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget (the LivePanels' figure,
+    drawn through anywidget) are drawn, and hovering a point shows its values."""
+    figure = """import plotly.graph_objects as go
+fig = go.Figure(go.Scatter(x=[2, 4, 8], y=[0.125, 0.0625, 0.00390625], mode="markers+lines", name="MSE"),
+                layout=dict(width=600, height=400, xaxis_title="bits", yaxis_title="MSE"))
+fig"""
+    page = open_notebook("_plotly_hover.ipynb", figure, "go.FigureWidget(fig)")
+    page.run_all_cells()
+    for k in (0, 1):
+        plot = page.notebook.locator(".jp-CodeCell").nth(k).locator(".js-plotly-plot")
+        plot.wait_for(timeout=30_000)
+        page.wait_until(lambda: plot.evaluate("e => (e._fullData || []).length") > 0, 10_000,
+                        f"the plotly figure of cell {k} to draw its trace")
+        hover_text = page.hover_plotly_point(plot, 1)  # the point (4, 0.0625)
+        assert "0.0625" in hover_text and "4" in hover_text, (k, hover_text)
+        page.page.mouse.move(5, 500)
+    assert page.problems() == []
 
 
 # ---------------------------------------------------------------------------------------------------
-# The tests
+# The course's notebooks (started by the ``course`` fixture, two at a time, the longest first)
 # ---------------------------------------------------------------------------------------------------
 
-def _drag_bits(page, before: str, position: float, after: str, shot: str, timeout: int = 60_000):
-    """Drag the "bits" slider from value ``before`` to ``position`` (0 = left end, 1 = right end), which
-    must read ``after``; both outputs must show a plot and the plot must change. Screenshots
-    ``<shot>_before.png`` and ``<shot>_slider.png`` (the README's). Returns (text, image) before and after."""
-    bits = page.slider("bits")
-    output = page.widget_output(bits)
-    assert page.slider_value(bits) == before
-    text_before, image_before = page.wait_output_settles(output)
-    assert image_before.startswith("data:image/png"), "the slider's plot is not shown"
-    page.show(page.cell_of(bits))
-    _screenshot(page, f"{shot}_before.png")
-
-    page.drag_slider(bits, position)
-    # The kernel may still read "idle" for a moment after the drag (more so on a loaded machine): wait
-    # for the output to change at all before waiting for it to settle, or the old output reads as settled.
-    page.wait_until(lambda: read_output(output) != (text_before, image_before), timeout, "the output to change")
-    text_after, image_after = page.wait_output_settles(output, timeout=timeout)
-    assert page.slider_value(bits) == after
-    assert image_after.startswith("data:image/png") and image_after != image_before, "the plot did not redraw"
-    page.show(page.cell_of(bits))
-    _screenshot(page, f"{shot}_slider.png", readme=True)
-    return (text_before, image_before), (text_after, image_after)
-
-
-def test_one_tensor_bits_slider_redraws_plot_and_error(lab: LabServer, open_notebook) -> None:
-    """Notebook 1: dragging "bits" from 4 to 8 redraws the plot and prints a smaller error."""
-    page = open_notebook(ONE_TENSOR)
-    page.run_all_cells()
-    _assert_no_errors(page, lab)
-    (text_before, _), (text_after, _) = _drag_bits(page, "4", 1.0, "8", "one_tensor")  # right end: 8 bits
-    assert text_after.startswith("int8"), text_after
-    assert _number_after("MSE", text_after) < _number_after("MSE", text_before), (text_before, text_after)
-    _assert_no_errors(page, lab)
-
-
-def test_ptq_transformer_model_slider(lab: LabServer, open_notebook) -> None:
-    """Notebook 5: the "bits" slider re-quantizes the whole Transformer; from 4 to 2 bits the plot's star
-    moves and the printed perplexity rises."""
-    if not (NOTEBOOKS / PTQ_TRANSFORMER).exists():
-        pytest.skip("notebook 5 not built yet")
-    page = open_notebook(PTQ_TRANSFORMER)
-    # Only the cells the slider needs (the setup, the sweep it draws, the slider): the four-scheme table
-    # takes minutes on two cores, and running every cell is nbval's job.
-    page.run_cells(["load_model()", "rtn_sweep(", "widgets.interact"], timeout=150_000)
-    _assert_no_errors(page, lab)
-    # to the left end: 2 bits, where round-to-nearest breaks the model
-    (text_before, _), (text_after, _) = _drag_bits(page, "4", 0.0, "2", "ptq_transformer", timeout=90_000)
-    assert text_after.startswith("int2"), text_after
-    assert _number_after("perplexity", text_after) > _number_after("perplexity", text_before), (text_before, text_after)
-    _assert_no_errors(page, lab)
-
-
-def test_plotly_figure_shows_values_on_hover(lab: LabServer, open_notebook) -> None:
-    """A plotly figure is drawn by JupyterLab's plotly extension and hovering a point shows its values."""
-    page = open_notebook(PLOTLY_NOTEBOOK)
-    page.run_all_cells()
-    figure = page.notebook.locator(".jp-RenderedPlotly.js-plotly-plot")  # drawn by the jupyterlab-plotly extension
-    figure.wait_for(timeout=30_000)
-    hover_text = page.hover_plotly_point(figure, 1)  # the point (4, 0.0625)
-    assert "0.0625" in hover_text and "4" in hover_text, hover_text
-    _screenshot(page, "plotly_hover.png")
-    _assert_no_errors(page, lab)
-
-
-def test_a_failing_callback_is_caught(lab: LabServer, open_notebook) -> None:
-    """The error checks are not vacuous: a callback of ``interact`` that raises past 6 bits shows up in the
-    cell's output, and a widget observer that raises shows up in the log console."""
-    page = open_notebook(FAILING_NOTEBOOK)
-    page.run_all_cells()
-    assert page.error_outputs() == [] and page.log_console_errors() == []
-
-    bits = page.slider("bits")
-    page.drag_slider(bits, 1.0)  # to 8: the callback raises from 7 on
-    page.wait_until(lambda: page.slider_value(bits) == "8" and page.kernel_status() == "idle"
-                    and bool(page.error_outputs()), 30_000, "the callback's error")
-    assert any("this callback fails on purpose" in e for e in page.error_outputs()), page.error_outputs()
-    assert read_output(page.widget_output(bits))[0] == "", "the failed callback still printed a result"
-
-    page.drag_slider(page.slider("clip"), 0.9)  # its observer raises
-    page.wait_until(lambda: page.kernel_status() == "idle", 30_000, "the kernel")
-    page.page.wait_for_timeout(1000)
-    assert any("this observer fails on purpose" in e for e in page.log_console_errors())
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("notebook", COURSE, ids=lambda p: p.stem)
+def test_student_edition_in_the_browser(notebook: Path, course: CourseRun) -> None:
+    """The student edition of ``notebook`` runs, every control of every panel moves its output, nothing
+    fails anywhere, and the saved notebook prints what the instructor notebook prints (module docstring)."""
+    run = course.result(notebook.name)
+    assert run.panels or not _widget_views(notebook)
+    assert run.problems == [], f"{notebook.stem}: {len(run.problems)} problems:\n" + "\n".join(run.problems)

@@ -2,24 +2,21 @@
 
 - the student edition is exactly what nbgrader's own preprocessors release (every notebook);
 - nbgrader generates the assignment and autogrades a solved and a stuck copy: full and zero points;
-- the student edition runs top to bottom with every exercise unsolved: no error, each checker says "not
-  done yet", and every other cell prints what the instructor notebook prints;
+- (that the student edition runs top to bottom with every exercise unsolved, each checker saying "not
+  done yet" and every other cell printing what the instructor notebook prints, is checked where it runs,
+  in a real browser: tests/test_browser.py);
 - no cell after an exercise uses the student's code.
 """
 
 import ast
-import configparser
 import os
-import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from qlab.course import NOT_DONE
 from qlab.course.check import exercises
 from qlab.course.edition import BEGIN_SOLUTION, BEGIN_TESTS, STUB, graded_exercise, student_edition
 
@@ -38,7 +35,7 @@ def _sources(nb) -> list[str]:
 def test_the_student_edition_is_what_nbgrader_releases():
     from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
 
-    assert len(INSTRUCTOR) == 12
+    assert len(INSTRUCTOR) == len(list((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py"))) >= 13
     for path in INSTRUCTOR:
         nb = nbformat.read(path, as_version=4)
         ours = build_course.cleared(student_edition(nb))
@@ -82,56 +79,6 @@ def test_nbgrader_generates_and_autogrades_a_solved_and_a_stuck_copy(tmp_path):
         stuck = gb.find_submission(release.parent.name, "stuck")
         assert (solved.score, solved.max_score) == (points, points)
         assert (stuck.score, stuck.max_score) == (0, points)
-
-
-def _sanitizers() -> list[tuple[re.Pattern, str]]:
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "notebooks" / "sanitize.cfg")
-    return [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
-
-
-def _text(cell, sanitizers) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        text = out.get("text") or out.get("data", {}).get("text/plain", "")
-        parts.append("".join(text) if isinstance(text, list) else text)
-        if "image/png" in out.get("data", {}):
-            parts.append("<image>")
-    text = "".join(parts)
-    for pattern, replace in sanitizers:
-        text = pattern.sub(replace, text)
-    return text
-
-
-def _execute(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    from nbclient import NotebookClient
-
-    class Client(NotebookClient):
-        def on_comm_open_jupyter_widget(self, msg):       # see tools/build_notebook.py
-            return None
-
-    Client(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    return nb
-
-
-@pytest.mark.timeout(1800)
-def test_the_student_edition_runs_with_every_exercise_unsolved():
-    sanitizers = _sanitizers()
-    students = [build_course.cleared(student_edition(nbformat.read(p, as_version=4))) for p in INSTRUCTOR]
-    with ThreadPoolExecutor(2) as pool:          # two kernels, one thread each: the 2 cores of CI
-        ran = list(pool.map(_execute, students))
-    for path, nb in zip(INSTRUCTOR, ran):
-        teacher = nbformat.read(path, as_version=4)
-        assert len(nb.cells) == len(teacher.cells)
-        for mine, theirs in zip(nb.cells, teacher.cells):
-            assert not [o for o in mine.get("outputs", []) if o.output_type == "error"], (path.name, mine.source)
-            if mine.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in mine.source:
-                continue
-            got = _text(mine, sanitizers)
-            if graded_exercise(theirs.source):
-                assert f"{NOT_DONE}." in got and "NotImplementedError" in got, (path.name, got)
-            elif BEGIN_SOLUTION not in theirs.source:
-                assert got == _text(theirs, sanitizers), (path.name, mine.source[:80])
 
 
 def _names(source: str) -> set[str]:

@@ -269,10 +269,13 @@ def test_pick_panel_follows_its_controls():
     panel = pick_panel(rows)
     float_mb = next(r.size_mb for r in rows if r.method == "float")
     size, change = panel.controls["size_mb"], panel.controls["max_change"]
-    assert (size.value, size.description, change.value, change.description) == (round(0.35 * float_mb, 2), "size MB",
-                                                                                 None, "max change")
+    assert (size.value, size.description, change.label, change.value, change.description) == \
+        (round(0.35 * float_mb, 2), "size MB", "no limit", -1.0, "max change")
     assert panel.figure.layout.width <= FIGURE_WIDTH_PX and panel.error is None
     for name, value in (("size_mb", 2.3), ("max_change", 5.0), ("size_mb", size.max), ("max_change", 1.0)):
         panel.controls[name].value = value
         assert panel.error is None, panel.error
     assert panel.frames == 5 and pick_recipe(rows, size.max, 1.0).summary().replace("<", "&lt;") in panel.text.value
+    change.value = -1.0          # back to "no limit": still selected (a None value would show a blank dropdown)
+    assert change.label == "no limit" and pick_recipe(rows, size.max, None).summary().replace("<", "&lt;") in \
+        panel.text.value

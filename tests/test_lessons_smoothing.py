@@ -194,7 +194,7 @@ def test_smoothing_panel_moves_alpha():
         assert panel.text.value.endswith(f">{html.escape(smoothing_view(setup, alpha).summary())}</pre>")
         assert panel.figure.layout.shapes[0].x0 == alpha
         afters.append(panel.figure.data[1].y)
-    assert (afters[0] == afters[3]).all() and (afters[0] != afters[1]).any()
+    assert list(afters[0]) == list(afters[3]) and list(afters[0]) != list(afters[1])
 
 
 def test_table_equals_the_library_models():

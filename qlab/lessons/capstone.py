@@ -349,10 +349,13 @@ def pick_panel(rows: Sequence[ScoreRow], title: str = "Pick a recipe: size vs pe
                "tickvals": list(scene.x_ticks)},
         yaxis={"title": {"text": f"test perplexity ({rows[0].eval_mode})"}, "range": list(scene.y_range)},
         legend={"orientation": "h", "x": 0, "y": -0.14, "yanchor": "top"})
-    return live(lambda size_mb, max_change: pick_frame(scene, pick_recipe(rows, size_mb, max_change)), figure,
+    # "no limit" is -1, not None: a Dropdown whose value is None shows nothing selected (ipywidgets)
+    return live(lambda size_mb, max_change: pick_frame(scene, pick_recipe(rows, size_mb,
+                                                                          None if max_change < 0 else max_change)),
+                figure,
                 size_mb=widgets.FloatSlider(value=round(0.35 * float_mb, 2), min=round(0.9 * sizes[0], 2),
                                             max=round(1.05 * sizes[-1], 2), step=0.05, description="size MB"),
-                max_change=widgets.Dropdown(options=[("no limit", None), ("1%", 1.0), ("2%", 2.0), ("5%", 5.0),
+                max_change=widgets.Dropdown(options=[("no limit", -1.0), ("1%", 1.0), ("2%", 2.0), ("5%", 5.0),
                                                      ("10%", 10.0), ("25%", 25.0)], description="max change"))
 
 
