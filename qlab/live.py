@@ -123,7 +123,6 @@ def live_figure(cols: int = 1, *, rows: int = 1, titles: Sequence[str] = (), hei
     """An empty plotly figure with a grid of subplots, ``width`` px wide (the lessons' 840). A ``LivePanel``
     draws its first frame into it and only then makes it a ``FigureWidget``, so the widget is born with its
     data (traces added to a FigureWidget before the browser has loaded plotly's code can be lost)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     for name, value in (("cols", cols), ("rows", rows)):
