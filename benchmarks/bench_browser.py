@@ -45,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _jupyterlab import CHROMIUM, CHROMIUM_ARGS, LabServer, NotebookPage, random_moves  # noqa: E402
+from _tools import load_tool  # noqa: E402
+from qlab.train import cpu_model  # noqa: E402
+
+build_course = load_tool("build_course")
 
 NOTEBOOKS = ROOT / "notebooks"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -55,15 +59,7 @@ VIEWPORT = {"width": 1400, "height": 1000}
 
 
 def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
             "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
 
 
@@ -94,14 +90,10 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def select(numbers: list[str] | None) -> list[Path]:
-    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    if numbers:
-        unknown = set(numbers) - {p.name[:2] for p in found}
-        if unknown:
-            raise SystemExit(f"bench_browser: error: no notebook numbered {', '.join(sorted(unknown))}; "
-                             f"the notebooks are {', '.join(p.name[:2] for p in found)}")
-        found = [p for p in found if p.name[:2] in numbers]
-    return found
+    try:
+        return build_course.notebooks(numbers)
+    except ValueError as e:
+        raise SystemExit(f"bench_browser: error: {e}") from None
 
 
 def bench_notebook(browser, server: LabServer, path: Path, moves: int, seed: int) -> tuple[list[dict], dict]:

@@ -397,12 +397,9 @@ def run_rounds(jobs: list[Job], s: Settings, report: Callable[[str], None] = pri
 
 def machine_info() -> dict:
     """CPU model (/proc/cpuinfo), cores, Python and the versions of torch and the peer packages."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from qlab.train import cpu_model
+
+    cpu = cpu_model()
 
     def version(package: str) -> Optional[str]:
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 SEED_RANGE = (-2**63, 2**64)  # what torch.manual_seed / torch.Generator.manual_seed take
 
 
@@ -42,3 +44,9 @@ def check_float(name: str, value: object, low: float, high: float, low_open: boo
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
     return value
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or Inf in ``x``: one reduction when the sum is finite (a NaN or Inf anywhere makes it NaN or
+    Inf), the element-wise check only when the sum is not (then a finite sum may have overflowed)."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())

@@ -25,23 +25,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.nn as nn
 
+from qlab._optional import require
 from qlab.capture import find_norm_linear_groups, is_linear_like, linear_layers
 
 __all__ = ["HFCausalLM", "HFModelInfo", "conv1d_to_linear", "linear_layers", "norm_linear_groups",
            "wrap_hf_causal_lm"]
-
-
-def _require_transformers() -> ModuleType:
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("qlab.hf needs Hugging Face transformers: pip install qlab[hf]") from e
-    return transformers
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ def wrap_hf_causal_lm(model: nn.Module, *, block_size: int | None = None) -> HFC
 
     ``block_size`` (evaluation context) defaults to the model's ``max_position_embeddings``.
     """
-    transformers = _require_transformers()
+    transformers = require("transformers", "qlab.hf")
     if not isinstance(model, transformers.PreTrainedModel):
         raise TypeError(f"model must be a transformers PreTrainedModel (e.g. GPT2LMHeadModel), "
                         f"got {type(model).__name__}")

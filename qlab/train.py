@@ -67,14 +67,20 @@ def _batch(data: torch.Tensor, batch_size: int, T: int, g: torch.Generator) -> t
     return data[starts[:, None] + torch.arange(T + 1)[None, :]].long()  # (B, T + 1)
 
 
-def machine_description() -> str:
-    """E.g. 'AMD EPYC ... (x86_64), 2 CPU cores, no GPU': what a measured figure was measured on."""
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's 'model name'), else what ``platform`` knows of it."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def machine_description() -> str:
+    """E.g. 'AMD EPYC ... (x86_64), 2 CPU cores, no GPU': what a measured figure was measured on."""
+    cpu = cpu_model()
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu} ({platform.machine()}), {os.cpu_count()} CPU cores, {cuda}"
 

@@ -36,3 +36,18 @@ def assert_point_labels_readable(fig, names) -> list[str]:
         for j in range(i + 1, len(boxes)):
             assert not a.overlaps(boxes[j]), (texts[i], texts[j])
     return texts
+
+
+def assert_user_error(capsys, argv, *fragments):
+    """``qlab <argv>`` fails as a user error: exit 2, nothing on stdout, one ``qlab: error: ...`` line on
+    stderr (no traceback) that contains every fragment."""
+    from qlab.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith("qlab: error: "), (argv, err)
+    assert "Traceback" not in err and out == "", (argv, out)
+    for fragment in fragments:
+        assert fragment in lines[0], (argv, lines[0], fragment)

@@ -224,6 +224,18 @@ def test_errors_name_the_layer():
         awq_quantize_model(huge, CALIB, group_size=G, progress=False)
 
 
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_input_stats_refuse_nan_and_inf(bad):
+    from qlab.algorithms.awq import InputStats
+
+    stats = InputStats(64, 32, full=False)
+    x = torch.randn(3, 5, 64)
+    stats.update(x)
+    x[1, 2, 7] = bad
+    with pytest.raises(ValueError, match="NaN or Inf in the calibration inputs"):
+        stats.update(x)
+
 def test_block_1_is_calibrated_on_the_quantized_block_0(awq_outliers):
     model, qmodel, report = awq_outliers
     seen = []

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
+from _tools import assert_user_error
 from qlab import scoreboard as sb
-from qlab.cli import main
 
 
 class RunsCode:
@@ -38,17 +38,6 @@ def a_file(tmp_path):
     path = tmp_path / "a_file"
     path.write_text("not a folder")
     return path
-
-
-def assert_user_error(capsys, argv, *fragments):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("qlab: error: "), (argv, err)
-    assert "Traceback" not in err and out == "", (argv, out)
-    for fragment in fragments:
-        assert fragment in lines[0], (argv, lines[0], fragment)
 
 
 # ----------------------------------------------------------------------------- every subcommand

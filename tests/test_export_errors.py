@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from _models import tiny_gpt
+from _tools import assert_user_error
 from qlab.algorithms.rtn import rtn_quantize
-from qlab.cli import main
 from qlab.export import check_export, export_model
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
@@ -195,17 +195,6 @@ def no_work(monkeypatch):
                  "qlab.algorithms.gptq.gptq_quantize_model", "qlab.algorithms.awq.awq_quantize_model",
                  "qlab.export.export_model", "qlab.corpus.calibration_samples"):
         monkeypatch.setattr(name, work)
-
-
-def assert_user_error(capsys, argv, *fragments):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("qlab: error: "), (argv, err)
-    assert "Traceback" not in err and out == "", (argv, out)
-    for fragment in fragments:
-        assert fragment in lines[0], (argv, lines[0], fragment)
 
 
 @pytest.mark.parametrize("argv,fragments", [

@@ -23,15 +23,15 @@ from qlab.evaluate import eval_windows, perplexity_on  # noqa: E402
 from qlab.export.gguf_export import gguf_blocks  # noqa: E402
 from qlab.layers.swap import QuantRecipe, quantize_model  # noqa: E402
 from qlab.layers.weight_only import WeightOnlyLinear  # noqa: E402
-from qlab.lessons.store_serve import (ENGINE_PARTS, Q4_K_LAYOUT, buffer_table, ct_reference_model,  # noqa: E402
-                                      dequantize_with_g_idx, engine_effects, export_formats,
-                                      find_llama_cpp_results, format_engine_effects, format_k_quant_rows,
-                                      format_storage_rows, format_stored_files, gelu_llama_cpp, gguf_tensor,
-                                      gguf_type_bits, gptq_act_order_layer, k_quant_table,
-                                      llama_cpp_arithmetic, llama_cpp_perplexity_isolated,
-                                      llama_cpp_results_table, logits_gap, measured_row, nibbles,
-                                      pack_q4_k_scales, path_bytes, q4_k_bits_per_weight, q4_k_from_weight,
-                                      q8_blocks, relative_error, run_in_child, scale_storage_table,
+from qlab.lessons.engine_arithmetic import (ENGINE_PARTS, engine_effects, find_llama_cpp_results,  # noqa: E402
+                                            format_engine_effects, gelu_llama_cpp, llama_cpp_arithmetic,
+                                            llama_cpp_perplexity_isolated, llama_cpp_results_table, measured_row,
+                                            q8_blocks, run_in_child)
+from qlab.lessons.kquants import (Q4_K_LAYOUT, format_k_quant_rows, k_quant_table, pack_q4_k_scales,  # noqa: E402
+                                  q4_k_bits_per_weight, q4_k_from_weight, relative_error)
+from qlab.lessons.store_serve import (buffer_table, ct_reference_model, dequantize_with_g_idx, export_formats,  # noqa: E402
+                                      format_storage_rows, format_stored_files, gguf_tensor, gguf_type_bits,
+                                      gptq_act_order_layer, logits_gap, nibbles, path_bytes, scale_storage_table,
                                       scale_variants, weight_error)
 from qlab.model import GPT, PRESETS  # noqa: E402
 from qlab.sizes import dequantize_scales, double_quantize_scales  # noqa: E402

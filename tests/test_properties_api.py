@@ -377,3 +377,23 @@ def test_bad_arguments_raise_a_value_or_type_error_naming_them(data):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert any(name in str(info.value) for name in names), info.value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.5, -2.0, 3e38, -3e38, float("nan"), float("inf"), -float("inf")]),
+                min_size=0, max_size=12))
+def test_all_finite_is_isfinite_all(values):
+    """``qlab.checks.all_finite`` (the calibration inputs' check) answers as ``torch.isfinite(x).all()``,
+    also when finite values sum to Inf (3e38 + 3e38) or Infs of both signs sum to NaN."""
+    from qlab.checks import all_finite
+
+    x = torch.tensor(values, dtype=torch.float32)
+    assert all_finite(x) == bool(torch.isfinite(x).all())
+
+
+def test_all_finite_when_the_sum_overflows():
+    from qlab.checks import all_finite
+
+    x = torch.full((4,), 3e38)
+    assert not torch.isfinite(x.sum()) and all_finite(x)
+    assert not all_finite(torch.cat([x, torch.tensor([float("nan")])]))

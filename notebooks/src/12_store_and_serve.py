@@ -14,8 +14,8 @@
 # and only the scales may be rounded (GGUF stores them in fp16). Then: what the scales cost and how to
 # shrink them (QLoRA's double quantization, GGUF's k-quants), and why llama.cpp's perplexity of the same
 # file differs from qlab's by a few hundredths of a percent. The code: `qlab/export/` (the writers,
-# tested in `tests/test_export_*.py`) and `qlab/lessons/store_serve.py` (tested in
-# `tests/test_lessons_store_serve.py`).
+# tested in `tests/test_export_*.py`) and `qlab/lessons/store_serve.py`, `kquants.py` and
+# `engine_arithmetic.py` (tested in `tests/test_lessons_store_serve.py`).
 
 # %%
 import tempfile
@@ -36,14 +36,14 @@ from qlab.export.llama_cpp import INSTALL_HINT, llama_cpp_available
 from qlab.hf import wrap_hf_causal_lm
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.lessons import setup_notebook
-from qlab.lessons.store_serve import (Q4_K_LAYOUT, buffer_table, ct_reference_model, dequantize_with_g_idx,
-                                      engine_effects, export_formats, find_llama_cpp_results,
-                                      format_engine_effects, format_k_quant_rows, format_storage_rows,
-                                      format_stored_files, gguf_tensor, gguf_type_bits, gptq_act_order_layer,
-                                      k_quant_table, llama_cpp_perplexity_isolated, llama_cpp_results_table,
-                                      load_ct_in_transformers, load_gguf_in_transformers, logits_gap,
-                                      measured_row, nibbles, q4_k_bits_per_weight, q4_k_from_weight,
-                                      relative_error, scale_storage_table, scale_variants)
+from qlab.lessons.engine_arithmetic import (engine_effects, find_llama_cpp_results, format_engine_effects,
+                                            llama_cpp_perplexity_isolated, llama_cpp_results_table, measured_row)
+from qlab.lessons.kquants import (Q4_K_LAYOUT, format_k_quant_rows, k_quant_table, q4_k_bits_per_weight,
+                                  q4_k_from_weight, relative_error)
+from qlab.lessons.store_serve import (buffer_table, ct_reference_model, dequantize_with_g_idx, export_formats,
+                                      format_storage_rows, format_stored_files, gguf_tensor, gguf_type_bits,
+                                      gptq_act_order_layer, load_ct_in_transformers, load_gguf_in_transformers,
+                                      logits_gap, nibbles, scale_storage_table, scale_variants)
 from qlab.sizes import effective_bits_per_weight, stored_bits_per_weight, stored_weight_bits
 from qlab.spec import QuantSpec
 from qlab.stats import compare

@@ -53,6 +53,7 @@ from qlab.algorithms.fold import find_linear_fold_pairs, fold_scales
 from qlab.algorithms.layerwise import (BlockInputs, check_calib_tokens, check_finite_parameters, collect_linear_inputs,
                                       errors_name, find_blocks, linears_in, quantizable_block_linears, run_layerwise)
 from qlab.capture import find_norm_linear_groups
+from qlab.checks import all_finite
 from qlab.granularity import PerGroup, block_reduce
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
 from qlab.quantize import compute_qparams, fake_quantize
@@ -204,7 +205,7 @@ class InputStats:
 
     def update(self, x: Tensor) -> None:
         x = x.detach().float().reshape(-1, self.K)  # (M, K)
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError("NaN or Inf in the calibration inputs")
         if self.full:
             gram = x.t() @ x  # (K, K)

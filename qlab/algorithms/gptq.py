@@ -65,6 +65,7 @@ from torch import Tensor
 from qlab.algorithms.layerwise import (BlockInputs, check_finite_parameters, collect_linear_inputs, errors_name,
                                        find_blocks, input_groups, linears_in, quantizable_block_linears,
                                        run_layerwise)
+from qlab.checks import all_finite
 from qlab.granularity import PerAxis, PerGroup, PerTensor, PerToken
 from qlab.layers.weight_only import WeightOnlyLinear, weight_spec
 from qlab.quantize import choose_qparams
@@ -319,7 +320,7 @@ class GPTQ:
         m = x.shape[0]
         if m == 0:
             return  # no tokens: nothing to average in
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError(f"{self.name}: NaN or Inf in the calibration inputs")
         self.H.mul_(self.nsamples / (self.nsamples + m))
         self.nsamples += m

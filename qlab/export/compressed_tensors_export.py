@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from qlab._optional import require
 from qlab.export.checks import check_model, check_output_path
 from qlab.export.hf_convert import (bigcode_qkv_rows, float_map, linear_names, model_config_of, stacked_rows,
                                     to_gpt_bigcode)
@@ -49,14 +50,6 @@ from qlab.model import GPT, ModelConfig
 
 SCALE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 FORMAT = "pack-quantized"
-
-
-def _require_compressed_tensors():
-    try:
-        import compressed_tensors
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("compressed-tensors export needs the compressed-tensors package: pip install qlab[hf]") from e
-    return compressed_tensors
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ def write_compressed_tensors(model: GPT, path: str | os.PathLike, *, scale_dtype
         rounded scales). Everything is checked before anything is written; the folder's files are written
         beside it first, then moved in.
     """
-    _require_compressed_tensors()
+    require("compressed_tensors", "compressed-tensors export", "compressed-tensors")
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.compressors.base import compress_module
     from compressed_tensors.quantization import QuantizationStatus, apply_quantization_config
@@ -303,7 +296,7 @@ def load_compressed_tensors(path: str | os.PathLike, *, fused_qkv: bool = False)
 
     fused_qkv: one ``attn.qkv`` per block instead of ``attn.q``, ``attn.k``, ``attn.v`` (the shipped layout).
     """
-    _require_compressed_tensors()
+    require("compressed_tensors", "compressed-tensors export", "compressed-tensors")
     path = Path(path)
     hf_config, qconfig = read_config(path)
     cfg = ModelConfig(**{**model_config_of(hf_config).to_dict(), "fused_qkv": fused_qkv})

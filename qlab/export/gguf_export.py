@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from qlab._optional import require
 from qlab.export.checks import GGUF_BLOCK, check_model, check_output_path, check_scheme
 from qlab.export.hf_convert import LAYER_NORM_EPS, float_map, linear_names, stacked_rows
 from qlab.layers.weight_only import WeightOnlyLinear
@@ -50,14 +51,6 @@ from qlab.model import GPT
 
 FLOAT_TYPES = ("f32", "f16")
 MERGES = ("ÿ ÿ",)  # never applies: byte 0xFF does not occur in UTF-8 text, let alone twice
-
-
-def _require_gguf():
-    try:
-        import gguf
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("GGUF export needs the gguf package: pip install qlab[hf]") from e
-    return gguf
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -152,7 +145,7 @@ GGUF_NORMS = {"ln_1": "ATTN_NORM", "ln_2": "FFN_NORM"}
 
 def gguf_name(hf_name: str) -> str:
     """GGUF tensor name of a GPTBigCode parameter name (``qlab.export.hf_convert``'s table), from gguf's own list."""
-    gguf = _require_gguf()
+    gguf = require("gguf", "GGUF export")
     T = gguf.MODEL_TENSOR
     module, _, param = hf_name.rpartition(".")
     top = {"transformer.wte": T.TOKEN_EMBD, "transformer.wpe": T.POS_EMBD, "transformer.ln_f": T.OUTPUT_NORM,
@@ -209,7 +202,7 @@ def write_gguf(model: GPT, path: str | os.PathLike, *, float_type: str = "f32", 
     Everything is checked before the file is written (``qlab.export.checks``); the file appears whole or
     not at all (written beside it, then renamed).
     """
-    gguf = _require_gguf()
+    gguf = require("gguf", "GGUF export")
     if float_type not in FLOAT_TYPES:
         raise ValueError(f"float_type must be one of {FLOAT_TYPES}, got {float_type!r}")
     types = check_model(model, "gguf", allow_float=allow_float)

@@ -38,18 +38,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from qlab._optional import require
 from qlab.layers.weight_only import WeightOnlyLinear
 from qlab.model import GPT, ModelConfig
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which qlab's GPT uses
-
-
-def _require_transformers():
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("qlab.export needs Hugging Face transformers: pip install qlab[hf]") from e
-    return transformers
 
 
 def check_convertible(model: nn.Module) -> GPT:
@@ -68,7 +61,7 @@ def check_convertible(model: nn.Module) -> GPT:
 
 def gpt_bigcode_config(cfg: ModelConfig, torch_dtype: torch.dtype = torch.float32):
     """The ``GPTBigCodeConfig`` of a qlab ``ModelConfig`` (exact GELU, one k/v head per head, no dropout)."""
-    transformers = _require_transformers()
+    transformers = require("transformers", "qlab.export")
     return transformers.GPTBigCodeConfig(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.n_embd, activation_function="gelu",
@@ -80,7 +73,7 @@ def gpt2_config(cfg: ModelConfig):
     """The ``GPT2Config`` of a qlab ``ModelConfig``: pass it as ``config=`` to ``from_pretrained(gguf_file=...)``
     (the GGUF loader maps the context length to ``n_ctx``, not ``n_positions``, and GPT-2's default GELU
     is the tanh approximation, not qlab's exact one)."""
-    transformers = _require_transformers()
+    transformers = require("transformers", "qlab.export")
     return transformers.GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_ctx=cfg.block_size, n_embd=cfg.n_embd,
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.mlp_ratio * cfg.n_embd, activation_function="gelu",
@@ -174,7 +167,7 @@ def to_gpt_bigcode(model: GPT):
     A ``WeightOnlyLinear`` becomes an ``nn.Linear`` with its dequantized weight (for the quantized form on disk
     see ``qlab.export.export_model(..., format="compressed-tensors")``). Other quantized layers are refused.
     """
-    transformers = _require_transformers()
+    transformers = require("transformers", "qlab.export")
     check_convertible(model)
     cfg = model.config
     with torch.random.fork_rng(devices=[]):                             # its random init leaves the caller's RNG alone

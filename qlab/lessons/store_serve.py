@@ -7,32 +7,9 @@ The code behind notebook 12, on the shipped model quantized by qlab (``qlab.expo
     1. the layer's buffers        buffer_table, nibbles, gptq_act_order_layer, dequantize_with_g_idx
     2. bits on disk               export_formats, format_stored_files, gguf_type_bits
     3. double quantization        scale_variants, scale_storage_table (QLoRA, Dettmers et al. 2023, sec. 3)
-    4. k-quants                   Q4_K_LAYOUT, pack_q4_k_scales, q4_k_from_weight, k_quant_table
+    4. k-quants                   qlab.lessons.kquants
     5. export and reload          load_gguf_in_transformers, load_ct_in_transformers, ct_reference_model
-    6. llama.cpp                  llama_cpp_perplexity_isolated, find_llama_cpp_results, llama_cpp_arithmetic,
-                                  engine_effects
-
-GGML's block types (ggml-common.h; ``gguf.quants`` is their Python reference) store a scale per block
-of 32 weights. Q4_K (ggml PR #1684, "k-quants") puts 8 such blocks in a super-block of 256 weights and
-quantizes their scales and mins again, to 6 bits, against one fp16 ``d`` and ``dmin`` per super-block::
-
-    Q4_K block (144 bytes / 256 weights = 4.5 bits)    weight j of sub-block i
-    d, dmin    2 x fp16                                 d * sc[i] * q[j] - dmin * mn[i]
-    scales     12 bytes: 8 sc + 8 mn, 6 bits each       (packing: pack_q4_k_scales)
-    qs         128 bytes: sub-blocks 2c and 2c + 1 share bytes 32c .. 32c + 31 (low / high nibble)
-
-qlab does not produce k-quants (``qlab.export`` refuses what a format cannot hold exactly): its groups
-keep fp32 (or fp16) scales. ``q4_k_from_weight`` builds Q4_K blocks the simple way, from qlab's int4
-g32 result: the 8 scales and mins rounded to 6 bits against their maximum, then the codes rounded
-again with those scales. llama.cpp's own quantizer (``make_qkx2_quants``) searches each sub-block's
-scale and min, so its error is lower than this one's; gguf-py cannot quantize Q4_K, only dequantize it.
-
-What llama.cpp computes differently on a CPU (section 6; the reasons its perplexity differs from
-qlab's by a few hundredths of a percent): before a matmul with quantized weights it quantizes the
-activations to 8 bits per block of 32 (Q8_0 / Q8_1, d = max|x| / 127 stored in fp16; Q8_1's extra fp16
-block sum is not modelled here); its GELU is the tanh approximation read from a table indexed by the
-fp16 input (``ggml_vec_gelu_f32`` with GGML_GELU_FP16); its KV cache holds k and v in fp16.
-``llama_cpp_arithmetic`` puts each of these into qlab's model, alone or together.
+    6. llama.cpp                  qlab.lessons.engine_arithmetic
 """
 
 from __future__ import annotations
@@ -40,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -56,15 +31,11 @@ from torch import Tensor
 
 from qlab.algorithms.gptq import GPTQ, quantized_layer
 from qlab.evaluate import PerplexityResult, perplexity_on
-from qlab.export import (ExportedTensor, describe_export, export_model, gguf_reference_model,
-                         quantized_bits_per_weight)
+from qlab.export import ExportedTensor, describe_export, export_model, quantized_bits_per_weight
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.weight_only import WeightOnlyLinear
 from qlab.model import GPT
 from qlab.sizes import double_quantize_scales, stored_weight_bits
-
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a source checkout
-SUPER_BLOCK, SUB_BLOCK = 256, 32                                               # Q4_K: 8 sub-blocks of 32
 
 
 # ----------------------------------------------------------------------------- 1. the layer's buffers
@@ -320,121 +291,6 @@ def format_storage_rows(rows: Sequence[StorageRow]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- 4. k-quants
-
-
-Q4_K_LAYOUT = {"d (fp16)": 16, "dmin (fp16)": 16, "8 scales + 8 mins, 6 bits each": 8 * (6 + 6),
-               "256 codes, 4 bits each": SUPER_BLOCK * 4}                      # bits per super-block
-
-
-def q4_k_bits_per_weight() -> float:
-    """The Q4_K layout's bits over its 256 weights: (16 + 16 + 96 + 1024) / 256 = 4.5."""
-    return sum(Q4_K_LAYOUT.values()) / SUPER_BLOCK
-
-
-def pack_q4_k_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
-    """(..., 8) 6-bit scales and mins -> (..., 12) bytes, as ggml's ``get_scale_min_k4`` reads them:
-    bytes 0-3: sc[0..3] | (high 2 bits of sc[4..7]) << 6; bytes 4-7: mn[0..3] | (high 2 bits of mn[4..7]) << 6;
-    bytes 8-11: low 4 bits of sc[4..7] | low 4 bits of mn[4..7] << 4."""
-    sc, mn = np.asarray(sc, dtype=np.uint8), np.asarray(mn, dtype=np.uint8)
-    if sc.shape[-1:] != (8,) or mn.shape != sc.shape or sc.max(initial=0) > 63 or mn.max(initial=0) > 63:
-        raise ValueError("sc and mn must be (..., 8) arrays of 6-bit values (0..63) of the same shape")
-    first = sc[..., :4] | ((sc[..., 4:] >> 4) << 6)
-    second = mn[..., :4] | ((mn[..., 4:] >> 4) << 6)
-    third = (sc[..., 4:] & 0x0F) | ((mn[..., 4:] & 0x0F) << 4)
-    return np.concatenate([first, second, third], axis=-1)
-
-
-@dataclass(frozen=True)
-class Q4KMatrix:
-    """A weight matrix as Q4_K super-blocks, and the parts they hold."""
-
-    blocks: np.ndarray    # (N, K // 256 * 144) uint8: the bytes of a GGUF Q4_K tensor
-    weight: Tensor        # (N, K) fp32: d * sc * q - dmin * mn, computed here (as gguf dequantizes it)
-    d: Tensor             # (N, K // 256) fp16
-    dmin: Tensor          # (N, K // 256) fp16
-    sc: Tensor            # (N, K // 256, 8) 6-bit scales
-    mn: Tensor            # (N, K // 256, 8) 6-bit mins
-    codes: Tensor         # (N, K) 0..15
-
-
-def _six_bits(values: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, S, 8) non-negative values -> (fp16 step per super-block (N, S), 6-bit multipliers (N, S, 8))."""
-    step = (values.amax(-1) / 63).half()                                   # (N, S)
-    safe = torch.where(step > 0, step.float(), torch.ones_like(step, dtype=torch.float32))
-    return step, torch.round(values / safe[..., None]).clamp(0, 63).to(torch.uint8)
-
-
-@torch.no_grad()
-def q4_k_from_weight(weight: Tensor) -> Q4KMatrix:
-    """Q4_K super-blocks of ``weight`` (N, K), K a multiple of 256, built from qlab's int4 g32 asymmetric
-    RTN: its 8 scales s and mins s * z per super-block rounded to 6 bits against fp16 d = max s / 63 and
-    dmin = max(s z) / 63, then every weight rounded again on its sub-block's grid d * sc * q - dmin * mn."""
-    N, K = weight.shape
-    if K % SUPER_BLOCK:
-        raise ValueError(f"in_features {K} must be a multiple of {SUPER_BLOCK} (one Q4_K super-block)")
-    linear = nn.Linear(K, N, bias=False)
-    linear.weight.data = weight.detach().float()
-    scale, zero = WeightOnlyLinear.from_float(linear, 4, SUB_BLOCK, False).qparams()   # (N, K // 32) each
-    S = K // SUPER_BLOCK
-    d, sc = _six_bits(scale.view(N, S, 8))
-    dmin, mn = _six_bits((scale * zero.float()).view(N, S, 8))             # the mins: w = s u - s z
-    step = (d.float()[..., None] * sc.float()).reshape(N, K // SUB_BLOCK)   # (N, K // 32) d * sc, fp32
-    low = (dmin.float()[..., None] * mn.float()).reshape(N, K // SUB_BLOCK)
-    w = weight.detach().float().view(N, K // SUB_BLOCK, SUB_BLOCK)
-    safe = torch.where(step > 0, step, torch.ones_like(step))
-    q = torch.round((w + low[..., None]) / safe[..., None]).clamp(0, 15)
-    q = torch.where(step[..., None] > 0, q, torch.zeros_like(q)).to(torch.uint8)          # (N, K // 32, 32)
-    deq = (step[..., None] * q.float() - low[..., None]).reshape(N, K)
-    qs = q.view(N, S, 4, 2, SUB_BLOCK).numpy()                              # chunks of 64: sub-blocks 2c, 2c + 1
-    qs = qs[..., 0, :] | (qs[..., 1, :] << np.uint8(4))                     # (N, S, 4, 32)
-    blocks = np.concatenate([d.numpy()[..., None].view(np.uint8), dmin.numpy()[..., None].view(np.uint8),
-                             pack_q4_k_scales(sc.numpy(), mn.numpy()), qs.reshape(N, S, 128)], axis=-1)
-    return Q4KMatrix(blocks.reshape(N, -1), deq, d, dmin, sc, mn, q.reshape(N, K))
-
-
-def relative_error(w_hat: Tensor, w: Tensor) -> float:
-    """||w_hat - w||^2 / ||w||^2."""
-    return float((w_hat - w).pow(2).sum() / w.pow(2).sum())
-
-
-@torch.no_grad()
-def q4_k_model(model: GPT) -> GPT:
-    """A float copy of ``model`` whose block linears hold their Q4_K weights (``q4_k_from_weight``)."""
-    out = copy.deepcopy(model)
-    for name, m in out.named_modules():
-        if isinstance(m, nn.Linear) and name.startswith("blocks."):
-            m.weight.copy_(q4_k_from_weight(m.weight).weight)
-    return out
-
-
-@dataclass(frozen=True)
-class KQuantRow:
-    name: str
-    bits_on_disk: float
-    weight_error: float
-    result: PerplexityResult
-
-
-def k_quant_table(model: GPT, windows: Tensor) -> list[KQuantRow]:
-    """Q4_1 blocks of 32 (qlab int4 g32 in GGUF), the Q4_K built from them, and qlab int4 g64 with fp16
-    scale and zero point (compressed-tensors-like): bits on disk, weight error, perplexity."""
-    g32 = gguf_reference_model(quantize_model(model, QuantRecipe(bits=4, group_size=32)))
-    k4 = q4_k_model(model)
-    g64 = quantize_model(model, QuantRecipe(bits=4, group_size=64, scale_dtype=torch.float16))
-    rows = [("int4 g32 -> GGUF Q4_1", gguf_type_bits("Q4_1"), g32),
-            ("Q4_K (6-bit scales and mins)", gguf_type_bits("Q4_K"), k4),
-            ("int4 g64, fp16 scale + zero", 4 + 32 / 64, g64)]
-    return [KQuantRow(n, b, weight_error(model, m), perplexity_on(m, windows)) for n, b, m in rows]
-
-
-def format_k_quant_rows(rows: Sequence[KQuantRow]) -> str:
-    lines = [f"{'scheme':<30} {'bits/weight':>11} {'weight error':>12} {'perplexity':>10}"]
-    lines += [f"{r.name:<30} {r.bits_on_disk:>11.3f} {r.weight_error:>12.6f} {r.result.perplexity:>10.5f}"
-              for r in rows]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- 5. export and reload
 
 
@@ -507,168 +363,3 @@ def logits_gap(engine: nn.Module, reference: nn.Module, x: Tensor) -> tuple[floa
     got = engine(x) if isinstance(engine, GPT) else engine(input_ids=x).logits
     want = reference(x)
     return float((got - want).abs().max()), float(want.abs().max())
-
-
-# ----------------------------------------------------------------------------- 6. llama.cpp's arithmetic
-
-
-GELU_A, SQRT_2_OVER_PI = 0.044715, math.sqrt(2 / math.pi)
-
-
-def gelu_llama_cpp(x: Tensor) -> Tensor:
-    """GELU as ggml computes it on a CPU: the tanh approximation, looked up in a table indexed by the fp16
-    input and holding fp16 outputs; x <= -10 gives 0, x >= 10 gives x."""
-    h = x.half().float()                                                          # the table's index
-    table = (0.5 * h * (1 + torch.tanh(SQRT_2_OVER_PI * h * (1 + GELU_A * h * h)))).half().float()
-    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
-
-
-def q8_blocks(x: Tensor, block: int = SUB_BLOCK) -> Tensor:
-    """x fake-quantized as ggml's Q8_0 along the last dim (``quantize_row_q8_0_ref``): per block of ``block``,
-    d = max|x| / 127, codes roundf(x * (1 / d)) (half away from zero), values codes * fp16(d): the codes are
-    computed with the fp32 d, the block stores d in fp16."""
-    shape = x.shape
-    if shape[-1] % block:
-        raise ValueError(f"the last dim ({shape[-1]}) must be a multiple of the block ({block})")
-    b = x.float().reshape(*shape[:-1], shape[-1] // block, block)                 # (..., K // 32, 32)
-    d = b.abs().amax(-1, keepdim=True) / 127
-    q = b * torch.where(d > 0, 1 / d, torch.zeros_like(d))
-    codes = torch.sign(q) * torch.floor(q.abs() + 0.5)                            # C's roundf
-    return (codes * d.half().float()).reshape(shape).to(x.dtype)
-
-
-class TableGeluMLP(nn.Module):
-    """An ``MLP`` whose GELU is ``gelu_llama_cpp``: proj(gelu_llama_cpp(fc(x)))."""
-
-    def __init__(self, mlp: nn.Module) -> None:
-        super().__init__()
-        self.fc, self.proj = mlp.fc, mlp.proj
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(gelu_llama_cpp(self.fc(x)))
-
-
-def llama_cpp_arithmetic(model: GPT, *, gelu: bool = False, q8_activations: bool = False,
-                         fp16_kv: bool = False) -> GPT:
-    """A copy of ``model`` (a float GPT, e.g. ``gguf_reference_model``: the weights the file holds) that
-    computes as llama.cpp's CPU path does, for the parts asked: ``gelu`` (tanh GELU from an fp16 table),
-    ``q8_activations`` (every block linear's input as Q8_0 blocks of 32: quantized weights meet 8-bit
-    activations), ``fp16_kv`` (k and v rounded to fp16, as the KV cache stores them). lm_head (F32 in
-    the file) keeps float activations."""
-    if model.config.fused_qkv:
-        raise ValueError("llama_cpp_arithmetic rounds k and v on the attention's k and v linears: give a model "
-                         "with fused_qkv=False")
-    out = copy.deepcopy(model).eval()
-    for block in out.blocks:
-        if gelu:
-            block.mlp = TableGeluMLP(block.mlp)
-        if q8_activations:
-            for m in block.modules():
-                if isinstance(m, nn.Linear):
-                    m.register_forward_pre_hook(lambda module, args: (q8_blocks(args[0]),))
-        if fp16_kv:
-            for m in (block.attn.k, block.attn.v):
-                m.register_forward_hook(lambda module, args, output: output.half().float())
-    return out
-
-
-ENGINE_PARTS = {"GELU: tanh, fp16 table": dict(gelu=True),
-                "activations: int8, blocks of 32": dict(q8_activations=True),
-                "k and v: fp16": dict(fp16_kv=True),
-                "all three": dict(gelu=True, q8_activations=True, fp16_kv=True)}
-
-
-@dataclass(frozen=True)
-class EngineEffect:
-    name: str
-    result: PerplexityResult
-    change_pct: float            # against qlab's model on the same windows
-
-
-def engine_effects(model: GPT, windows: Tensor) -> tuple[PerplexityResult, list[EngineEffect]]:
-    """qlab's perplexity of ``model`` and, for each of ``ENGINE_PARTS``, of the model computing that part as
-    llama.cpp does."""
-    base = perplexity_on(model, windows)
-    effects = []
-    for name, parts in ENGINE_PARTS.items():
-        res = perplexity_on(llama_cpp_arithmetic(model, **parts), windows)
-        effects.append(EngineEffect(name, res, 100 * (res.perplexity / base.perplexity - 1)))
-    return base, effects
-
-
-def format_engine_effects(base: PerplexityResult, effects: Sequence[EngineEffect],
-                          measured: Optional[dict] = None) -> str:
-    """Each effect's perplexity change beside llama.cpp's measured difference (a benchmark row, if any)."""
-    lines = [f"qlab, as written:{'':<22} {base.perplexity:.6f}"]
-    lines += [f"{'with ' + e.name:<39} {e.result.perplexity:.6f}  {e.change_pct:+.4f}%" for e in effects]
-    if measured is None:
-        lines.append("llama.cpp measured: no benchmark committed yet (benchmarks/results/llama-cpp-*.json)")
-    else:
-        lines.append(f"llama.cpp measured ({measured['scheme']}, {measured['tokens']:,} tokens): "
-                     f"{100 * measured['relative_difference']:+.4f}%")
-    return "\n".join(lines)
-
-
-def run_in_child(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` in a fresh ("spawn") child process: its result, or its exception re-raised;
-    RuntimeError if the child died (a signal: a crash in compiled code) instead of returning. ``fn`` must be
-    importable (a module's function, not one defined in a notebook)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(fn, *args, **kwargs).result()
-        except BrokenProcessPool:
-            raise RuntimeError(f"{getattr(fn, '__name__', fn)} crashed its process") from None
-
-
-def llama_cpp_perplexity_isolated(gguf_path: str | os.PathLike, windows: Tensor, *, threads: int = 1):
-    """``qlab.export.llama_cpp.llama_cpp_perplexity`` in a child process (``run_in_child``), so that a llama.cpp
-    build that crashes (an illegal instruction: compiled for another CPU) cannot take the notebook's kernel
-    down with it; RuntimeError if it crashed."""
-    from qlab.export.llama_cpp import llama_cpp_perplexity
-
-    try:
-        return run_in_child(llama_cpp_perplexity, str(gguf_path), windows, threads=threads)
-    except RuntimeError:
-        raise RuntimeError("llama.cpp crashed in its process (an illegal instruction means it was compiled for "
-                           "another CPU: rebuild it on this machine with `make engines`)") from None
-
-
-def find_llama_cpp_results(directory: str | os.PathLike = RESULTS_DIR) -> Optional[dict]:
-    """The newest ``llama-cpp-<date>.json`` that ``benchmarks/bench_llama_cpp.py`` wrote, or None."""
-    files = sorted(Path(directory).glob("llama-cpp-*.json")) if Path(directory).is_dir() else []
-    for path in reversed(files):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and record.get("rows"):
-            return {**record, "file": path.name}
-    return None
-
-
-def llama_cpp_results_table(record: dict) -> str:
-    """The benchmark's rows (qlab against llama.cpp, same windows) and where they were measured."""
-    lines = [f"{record['file']}: {record['machine']}, llama-cpp-python {record['llama_cpp_python']}, "
-             f"torch {record['torch']}, {record['windows']} windows of {record['window_tokens']} tokens, "
-             f"{record['threads']} thread(s)",
-             f"{'scheme':<22} {'GGUF':<5} {'MB':>6} {'qlab':>9} {'llama.cpp':>9} {'difference':>10}"]
-    for r in record["rows"]:
-        lines.append(f"{r['scheme']:<22} {r['gguf_type']:<5} {r['file_bytes'] / 1e6:>6.2f} "
-                     f"{r['qlab_perplexity']:>9.5f} {r['llama_cpp_perplexity']:>9.5f} "
-                     f"{100 * r['relative_difference']:>+9.4f}%")
-    return "\n".join(lines)
-
-
-def measured_row(record: Optional[dict], gguf_type: str = "Q4_1",
-                 scheme_prefix: str = "RTN int4") -> Optional[dict]:
-    """The benchmark row of the scheme the notebook exports (RTN int4 g128 -> Q4_1), with its token count."""
-    if record is None:
-        return None
-    for r in record["rows"]:
-        if r["gguf_type"] == gguf_type and r["scheme"].startswith(scheme_prefix):
-            return {**r, "tokens": r.get("tokens", record["windows"] * record["window_tokens"])}
-    return None
