@@ -17,7 +17,7 @@ CONFIG := $(VENV)/.config
 INDEX  := $(if $(strip $(EXTRA_INDEX_URL)),--extra-index-url "$(EXTRA_INDEX_URL)")
 WANTED := python=$(shell $(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) torch=$(TORCH) index=$(EXTRA_INDEX_URL)
 
-.PHONY: install lab test test-py test-nb demo bench student engines clean FORCE
+.PHONY: install lab test test-nb demo bench student engines clean FORCE
 
 install: $(STAMP)
 
@@ -46,9 +46,14 @@ test: install
 	$(VENV)/bin/qlab info
 	bash tools/install_browser.sh
 	# two workers, a test file each (pytest-xdist), the longest files first (tests/conftest.py): the browser
-	# tests keep two kernels busy while the other worker runs the rest
+	# tests run every notebook once, two at a time, in its student edition with the instructor's solutions
+	# appended, and compare what it prints with the committed instructor notebook (nbval's check, see
+	# tests/test_browser.py), while the other worker runs the rest
 	$(PY) -m pytest tests -q -n 2 --dist loadfile
-	# two notebooks at a time (pytest-xdist, one notebook per worker): each kernel runs torch on one thread
+
+# nbval over the instructor notebooks (two at a time, one kernel per worker; each runs torch on one thread):
+# for whoever edits a notebook. `make test` checks the same outputs in the browser run.
+test-nb: install
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 
 # The student edition and the nbgrader course (README: "For instructors"), in build/course/.

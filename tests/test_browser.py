@@ -1,12 +1,13 @@
 """Every notebook of the course, as students run it, in a real JupyterLab driven in headless Chromium.
 
-nbval (``make test``) proves that each instructor notebook runs and prints what it printed when it was
-built; it does not prove that a widget lives in the browser (a front-end extension can be missing, a
-callback can raise only when a slider moves, a figure can fail to redraw), nor what the *student*
-edition does. Here ``jupyter lab`` runs from this environment (``tests/_jupyterlab.py``); every notebook
-``notebooks/NN_*.ipynb`` (found by the glob: a new one is covered at once) is written into the lab in its
-student edition (``build_course.cleared(student_edition(nb))``: every exercise unsolved) and, in Debian's
-Chromium through Playwright:
+This is the only run of the notebooks in ``make test``. nbval (``make test-nb``) proves that each instructor
+notebook runs and prints what it printed when it was built; it does not prove that a widget lives in the
+browser (a front-end extension can be missing, a callback can raise only when a slider moves, a figure can
+fail to redraw), nor what the *student* edition does. Here ``jupyter lab`` runs from this environment
+(``tests/_jupyterlab.py``); every notebook ``notebooks/NN_*.ipynb`` (found by the glob: a new one is
+covered at once) is written into the lab in its student edition (``build_course.cleared(student_edition(nb))``:
+every exercise unsolved) followed by the instructor's solution and graded cells (``with_solutions``) and,
+in Debian's Chromium through Playwright:
 
 1. *Run > Run All Cells* from the menu;
 2. every control of every widget panel is operated (``_jupyterlab.operate_every_control``): each slider
@@ -19,9 +20,12 @@ Chromium through Playwright:
    LivePanel, JupyterLab's log console (where a widget observer's exception lands), the browser's
    console, an exception in the server's log (which carries the kernels' stderr);
 4. the notebook is saved from the browser (Ctrl+S) and the saved file is compared with the instructor
-   notebook: every exercise's checker says "not done yet" (NotImplementedError), every other cell
-   (not ``NBVAL_IGNORE_OUTPUT``) prints what the instructor notebook prints, sanitized as nbval does
-   (``notebooks/sanitize.cfg``). This is the course's only run of the student edition;
+   notebook (``compare_with_instructor``): every exercise's checker says "not done yet"
+   (NotImplementedError), every other cell (not ``NBVAL_IGNORE_OUTPUT``) prints what the instructor
+   notebook prints, sanitized as nbval does (``notebooks/sanitize.cfg``), and so do the solved exercises
+   run at the end, hidden tests included. So nbval's check of the instructor notebook is made on the same
+   run: the instructor notebook differs from the student edition only in its exercises' cells, and no other
+   cell may depend on them (the student edition prints the same);
 5. a screenshot of the first panel, its controls moved back to where they started, goes to ``test-artifacts/browser/NN_name.png``
    (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
 
@@ -32,7 +36,8 @@ to ``test-artifacts/browser/timings.json`` and the terminal. ``test_a_failing_ca
 render that raises and a control the output ignores.
 
 Needs ``playwright`` (Python package; its browser download is never used) and ``/usr/bin/chromium``
-(``tools/install_browser.sh``); without them the tests skip and say why.
+(``tools/install_browser.sh``). Without them each notebook still runs, in nbclient (``run_headless``),
+and is compared with the instructor's (step 4); then its test skips and says why.
 
     .venv/bin/python -m pytest tests/test_browser.py -q          (7.5 min on 2 cores shared at load 3-5)
     .venv/bin/python -m pytest tests/test_browser.py -q -k 01_one_tensor
@@ -42,6 +47,7 @@ Needs ``playwright`` (Python package; its browser download is never used) and ``
 from __future__ import annotations
 
 import configparser
+import copy
 import datetime
 import json
 import os
@@ -133,29 +139,55 @@ def _text(cell, sanitizers) -> str:
     return text
 
 
+SOLUTIONS_HEADING = ("## The solutions\n"
+                     "Added by `tests/test_browser.py`, not part of the course: every exercise's solution and "
+                     "graded cell of the instructor notebook, run after all the rest.")
+
+
+def with_solutions(student: nbformat.NotebookNode, instructor: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student edition, then a heading and a copy of every solution cell and graded cell of the instructor
+    notebook (in its order; each copy's metadata names its cell there). Run after everything else, they are
+    checked as nbval checks the instructor notebook: they print what they print there, the hidden tests pass."""
+    from qlab.course.edition import BEGIN_SOLUTION, graded_exercise
+
+    nb = copy.deepcopy(student)
+    nb.cells.append(nbformat.v4.new_markdown_cell(SOLUTIONS_HEADING))
+    for k, cell in enumerate(instructor.cells):
+        if cell.cell_type == "code" and (BEGIN_SOLUTION in cell.source or graded_exercise(cell.source)):
+            nb.cells.append(nbformat.v4.new_code_cell(cell.source, metadata={"qlab": {"instructor_cell": k}}))
+    return nb
+
+
 def compare_with_instructor(saved: Path, instructor: Path) -> list[str]:
-    """Why the student edition ``saved`` (run, then saved from the browser) is not what it should be: an
-    error output, an exercise checker that does not say "not done yet", a cell that prints something else
-    than in the instructor notebook."""
+    """Why ``saved`` (``with_solutions`` of the student edition, run, then saved from the browser) is not what
+    it should be: an error output; an exercise checker that does not say "not done yet"; another cell of the
+    student edition, or a solved exercise's cell, that prints something else than in the instructor notebook.
+    Together with the run this is nbval's check of the instructor notebook, and the student edition's."""
     from qlab.course import NOT_DONE
     from qlab.course.edition import BEGIN_SOLUTION, graded_exercise
 
     sanitizers = _sanitizers()
     mine, theirs = nbformat.read(saved, as_version=4), nbformat.read(instructor, as_version=4)
-    if len(mine.cells) != len(theirs.cells):
-        return [f"the saved notebook has {len(mine.cells)} cells, the instructor's {len(theirs.cells)}"]
+    expected = with_solutions(theirs, theirs)
+    if len(mine.cells) != len(expected.cells):
+        return [f"the saved notebook has {len(mine.cells)} cells; the instructor's {len(theirs.cells)} and its "
+                f"{len(expected.cells) - len(theirs.cells) - 1} solution cells make {len(expected.cells)}"]
     problems = []
-    for k, (got_cell, want_cell) in enumerate(zip(mine.cells, theirs.cells)):
+    for k, got_cell in enumerate(mine.cells):
         where = f"cell {k} ({got_cell.source.strip().splitlines()[0][:70] if got_cell.source.strip() else ''!r})"
         if [o for o in got_cell.get("outputs", []) if o.output_type == "error"]:
             problems.append(f"{where}: an error output")
         if got_cell.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in got_cell.source:
             continue
         got = _text(got_cell, sanitizers)
-        if graded_exercise(want_cell.source):
+        solved = k >= len(theirs.cells)
+        want_cell = theirs.cells[expected.cells[k].metadata["qlab"]["instructor_cell"] if solved else k]
+        if solved and got_cell.source != want_cell.source:
+            problems.append(f"{where}: the solution cell is not the instructor's")
+        elif not solved and graded_exercise(want_cell.source):
             if f"{NOT_DONE}." not in got or "NotImplementedError" not in got:
                 problems.append(f"{where}: the checker of an unsolved exercise printed {got[-500:]!r}")
-        elif BEGIN_SOLUTION not in want_cell.source and got != _text(want_cell, sanitizers):
+        elif (solved or BEGIN_SOLUTION not in want_cell.source) and got != _text(want_cell, sanitizers):
             problems.append(f"{where}: prints\n{got[-800:]}\ninstead of (instructor)\n{_text(want_cell, sanitizers)[-800:]}")
     return problems
 
@@ -181,6 +213,7 @@ class NotebookRun:
     started_s: float = 0.0                                     # since the first notebook started
     slowest_moves: list[str] = field(default_factory=list)
     screenshot: str | None = None                              # the README's, when rewritten
+    browser: bool = True                                       # False: run without one (``run_headless``)
 
 
 def _screenshot(page: NotebookPage, name: str) -> Path:
@@ -201,8 +234,8 @@ def run_student_edition(browser, server: LabServer, instructor: Path, t0: float)
     saved and compared (the module docstring's steps 1-5)."""
     run = NotebookRun(instructor.stem, started_s=round(time.monotonic() - t0, 1))
     start = time.monotonic()
-    student = build_course.cleared(student_edition(nbformat.read(instructor, as_version=4)))
-    nbformat.write(student, server.root / instructor.name)
+    theirs = nbformat.read(instructor, as_version=4)
+    nbformat.write(with_solutions(build_course.cleared(student_edition(theirs)), theirs), server.root / instructor.name)
     context = browser.new_context(viewport=VIEWPORT)
     page = None
 
@@ -244,11 +277,37 @@ def run_student_edition(browser, server: LabServer, instructor: Path, t0: float)
     return run
 
 
+def run_headless(workdir: Path, instructor: Path, t0: float) -> NotebookRun:
+    """Without a browser (``_missing_browser``), the same notebook run by nbclient in a kernel of this
+    environment and compared with the instructor's (steps 1 and 4 of the module docstring, no control
+    operated): the outputs are checked everywhere, the browser's part only where there is one."""
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        def on_comm_open_jupyter_widget(self, msg):  # do not wait for widget comms (jupyter/nbclient#312)
+            return None
+
+    run = NotebookRun(instructor.stem, started_s=round(time.monotonic() - t0, 1), browser=False)
+    start = time.monotonic()
+    theirs = nbformat.read(instructor, as_version=4)
+    nb = with_solutions(build_course.cleared(student_edition(theirs)), theirs)
+    folder = workdir / instructor.stem
+    folder.mkdir(parents=True)
+    Client(nb, timeout=RUN_ALL_TIMEOUT_MS // 1000, kernel_name="python3", allow_errors=True,
+           resources={"metadata": {"path": str(folder)}}).execute()
+    nbformat.write(nb, folder / instructor.name)
+    run.seconds["run_all"] = round(time.monotonic() - start, 1)
+    run.problems += compare_with_instructor(folder / instructor.name, instructor)
+    run.seconds["total"] = round(time.monotonic() - start, 1)
+    return run
+
+
 class CourseRun:
     """The selected notebooks, ``WORKERS`` at a time, each worker a thread with its own lab server,
     Playwright and Chromium (Playwright's sync API is per thread); ``result(name)`` waits for one."""
 
-    def __init__(self, workdir: Path, notebooks: list[Path], workers: int = WORKERS) -> None:
+    def __init__(self, workdir: Path, notebooks: list[Path], workers: int = WORKERS, browser: bool = True) -> None:
+        self.browser = browser
         self.todo: queue.Queue[Path] = queue.Queue()
         for nb in notebooks:
             self.todo.put(nb)
@@ -262,7 +321,24 @@ class CourseRun:
         for t in self.threads:
             t.start()
 
+    def _next(self) -> tuple[Path, Future] | None:
+        while not self.stopping.is_set():
+            try:
+                nb = self.todo.get_nowait()
+            except queue.Empty:
+                return None
+            if self.futures[nb.name].set_running_or_notify_cancel():
+                return nb, self.futures[nb.name]
+        return None
+
     def _work(self, workdir: Path, k: int) -> None:
+        if not self.browser:
+            while (job := self._next()) is not None:
+                try:
+                    job[1].set_result(run_headless(workdir, job[0], self.t0))
+                except BaseException as e:  # noqa: BLE001 - handed to the notebook's test
+                    job[1].set_exception(e)
+            return
         from playwright.sync_api import sync_playwright
 
         server = None
@@ -274,18 +350,11 @@ class CourseRun:
             with sync_playwright() as pw:
                 browser = _launch(pw)
                 try:
-                    while not self.stopping.is_set():
+                    while (job := self._next()) is not None:
                         try:
-                            nb = self.todo.get_nowait()
-                        except queue.Empty:
-                            break
-                        future = self.futures[nb.name]
-                        if not future.set_running_or_notify_cancel():
-                            continue
-                        try:
-                            future.set_result(run_student_edition(browser, server, nb, self.t0))
+                            job[1].set_result(run_student_edition(browser, server, job[0], self.t0))
                         except BaseException as e:  # noqa: BLE001 - handed to the notebook's test
-                            future.set_exception(e)
+                            job[1].set_exception(e)
                 finally:
                     browser.close()
         except BaseException as e:  # noqa: BLE001 - the server or the browser did not start
@@ -329,10 +398,8 @@ def course(request, tmp_path_factory) -> Iterator[CourseRun | None]:
     if not selected:
         yield None
         return
-    reason = _missing_browser()
-    if reason:
-        pytest.skip(reason)
-    runner = CourseRun(tmp_path_factory.mktemp("course"), [p for p in COURSE if p.name in selected])
+    runner = CourseRun(tmp_path_factory.mktemp("course"), [p for p in COURSE if p.name in selected],
+                       browser=_missing_browser() is None)
     try:
         yield runner
     finally:
@@ -468,6 +535,71 @@ def test_a_failing_live_panel_is_caught(open_notebook) -> None:
     assert back and back[0].reason == "done" and back[0].problem is None, back
 
 
+def _as_if_run(instructor: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """What a browser run of ``with_solutions`` saves when all is well, built by hand: the instructor's outputs,
+    except the unsolved exercises' checkers, which say "not done yet"."""
+    from qlab.course import NOT_DONE
+    from qlab.course.edition import graded_exercise
+
+    nb = with_solutions(build_course.cleared(student_edition(instructor)), instructor)
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        source = instructor.cells[cell.metadata["qlab"]["instructor_cell"] if k >= len(instructor.cells) else k]
+        if k < len(instructor.cells) and graded_exercise(source.source):
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                                   text=f"{NOT_DONE}. NotImplementedError: ...\n")]
+        else:
+            cell.outputs = copy.deepcopy(source.outputs)
+    return nb
+
+
+def test_the_comparison_with_the_instructor_notebook_fails_when_it_should(tmp_path) -> None:
+    """``compare_with_instructor`` (no browser needed) passes a run that printed what the instructor notebook
+    prints, and names the cell of a run where a solved exercise's checker, a lesson cell or an unsolved checker
+    printed something else, or a cell shows an error."""
+    instructor = NOTEBOOKS / "05_ptq_transformer.ipynb"          # three exercises
+    theirs = nbformat.read(instructor, as_version=4)
+    good = _as_if_run(theirs)
+    solved = [k for k, c in enumerate(good.cells) if k > len(theirs.cells) and "print(check." in c.source]
+    assert len(solved) == 3 and all("correct on all" in "".join(o.get("text", "") for o in good.cells[k].outputs)
+                                    for k in solved), "the instructor's checkers should say the solutions pass"
+    nbformat.write(good, tmp_path / "good.ipynb")
+    assert compare_with_instructor(tmp_path / "good.ipynb", instructor) == []
+
+    lesson = next(k for k, c in enumerate(good.cells[:len(theirs.cells)]) if c.cell_type == "code" and c.outputs
+                  and "NBVAL_IGNORE_OUTPUT" not in c.source and "check." not in c.source)
+    unsolved = next(k for k, c in enumerate(good.cells) if k < len(theirs.cells) and "print(check." in c.source)
+    for k, text, expect in [(solved[1], "pack_int4: 2 of 6 inputs wrong\n", "prints"),
+                            (lesson, "something else\n", "prints"),
+                            (unsolved, "✓ w8a16_linear (notebook 05): correct on all 6 cases\n",
+                             "the checker of an unsolved exercise")]:
+        bad = copy.deepcopy(good)
+        bad.cells[k].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        nbformat.write(bad, tmp_path / "bad.ipynb")
+        problems = compare_with_instructor(tmp_path / "bad.ipynb", instructor)
+        assert len(problems) == 1 and problems[0].startswith(f"cell {k} ") and expect in problems[0], (k, problems)
+    bad = copy.deepcopy(good)
+    bad.cells[solved[2]].outputs.append(nbformat.v4.new_output("error", ename="AssertionError", evalue="", traceback=[]))
+    nbformat.write(bad, tmp_path / "bad.ipynb")
+    assert any(p.startswith(f"cell {solved[2]} ") and "an error output" in p
+               for p in compare_with_instructor(tmp_path / "bad.ipynb", instructor))
+    bad = copy.deepcopy(good)
+    del bad.cells[-1]
+    nbformat.write(bad, tmp_path / "bad.ipynb")
+    assert "solution cells make" in compare_with_instructor(tmp_path / "bad.ipynb", instructor)[0]
+
+
+def test_without_a_browser_the_outputs_are_still_checked(tmp_path) -> None:
+    """Where Chromium or Playwright is missing the course's tests still run each notebook (``run_headless``,
+    nbclient) and compare it with the instructor's: here notebook 00, the shortest."""
+    instructor = NOTEBOOKS / "00_number_formats.ipynb"
+    run = run_headless(tmp_path, instructor, time.monotonic())
+    assert run.problems == [] and not run.browser
+    saved = nbformat.read(tmp_path / instructor.stem / instructor.name, as_version=4)
+    assert saved.cells[-1].outputs[0].text.startswith("✓ encode_e4m3 (notebook 00): correct"), saved.cells[-1].outputs
+
+
 def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
     """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget (the LivePanels' figure,
     drawn through anywidget) are drawn, and hovering a point shows its values."""
@@ -498,5 +630,8 @@ def test_student_edition_in_the_browser(notebook: Path, course: CourseRun) -> No
     """The student edition of ``notebook`` runs, every control of every panel moves its output, nothing
     fails anywhere, and the saved notebook prints what the instructor notebook prints (module docstring)."""
     run = course.result(notebook.name)
-    assert run.panels or not _widget_views(notebook)
     assert run.problems == [], f"{notebook.stem}: {len(run.problems)} problems:\n" + "\n".join(run.problems)
+    if not run.browser:
+        pytest.skip(f"its outputs were checked without a browser (nbclient); the browser part did not run: "
+                    f"{_missing_browser()}")
+    assert run.panels or not _widget_views(notebook)
