@@ -26,7 +26,8 @@ in Debian's Chromium through Playwright:
    run at the end, hidden tests included. So nbval's check of the instructor notebook is made on the same
    run: the instructor notebook differs from the student edition only in its exercises' cells, and no other
    cell may depend on them (the student edition prints the same);
-5. a screenshot of the first panel, its controls moved back to where they started, goes to ``test-artifacts/browser/NN_name.png``
+5. a screenshot of the first panel (of the notebook's top if it has none), its controls moved back to where
+   they started, goes to ``test-artifacts/browser/NN_name.png``
    (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
 
 Two notebooks run at a time, each in its own lab server, browser and kernel (``WORKERS``: the two cores
@@ -256,14 +257,13 @@ def run_student_edition(browser, server: LabServer, instructor: Path, t0: float)
         if len(panels) != views:
             run.problems.append(f"the instructor notebook displays {views} widgets, the page shows {len(panels)} panels")
         lap("operate")
+        # its first panel, the moves done (its controls back where they were); a notebook without one: its top
         first = next((p for p in panels if p.controls), None)
-        shot = None
-        if first is not None:              # its first panel, the moves done (its controls back where they were)
-            page.show(first.cell)
-            shot = _screenshot(page, f"{instructor.stem}.png")
+        page.show(first.cell if first is not None else 0)
+        shot = _screenshot(page, f"{instructor.stem}.png")
         saved = page.save()
         run.problems += compare_with_instructor(saved, instructor)
-        if shot is not None and UPDATE_SCREENSHOTS and not run.problems:   # the README shows only what passed
+        if UPDATE_SCREENSHOTS and not run.problems:   # the README shows only what passed
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, SCREENSHOTS / shot.name)
             run.screenshot = str((SCREENSHOTS / shot.name).relative_to(ROOT))

@@ -1,6 +1,6 @@
-"""Time nbval on every notebook, one at a time, as ``make test`` runs it; write the figures down.
+"""Time nbval on every notebook, one at a time, as ``make test-nb`` runs it; write the figures down.
 
-Each notebook runs in its own ``pytest --nbval`` process (the same flags as the Makefile), so a time is
+Each notebook runs in its own ``pytest --nbval`` process (the same flags as the Makefile's test-nb), so a time is
 the wall time a student's machine needs to run it top to bottom, kernel start included. Beside the time:
 the peak resident memory of the largest process of the run (the notebook's kernel: what a class server
 must give each student) and the CPU seconds of the run (CPU / wall says how many cores it kept busy),
