@@ -71,6 +71,8 @@ def per_token_quant_reference(x: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- W8A8 (w8a8.py)
 W8A8_OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP32_EXACT = 2 ** 24  # fp32 holds every integer of smaller magnitude exactly
+INT8_MAX_PRODUCT = 128 ** 2  # |a * b| for int8 a, b is at most (-128) * (-128)
 
 
 def check_w8a8(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None,
@@ -95,12 +97,17 @@ def check_w8a8(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: T
 
 def w8a8_matmul_reference(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                           out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """The same product in plain torch: exact integer sums (int64 on the CPU), then the fp32 epilogue."""
+    """The same product in plain torch: exact integer sums (in fp32 or fp64 BLAS), then the fp32 epilogue."""
     check_w8a8(xq, x_scale, wq, w_scale, bias, out_dtype)
-    if xq.is_cuda:  # no integer matmul on CUDA in torch: fp64 sums are exact for |sum| < 2**53
-        acc = (xq.double() @ wq.double()).float()
-    else:
-        acc = (xq.long() @ wq.long()).float()  # (M, N)
+    # The integer sums in floating point, exactly: each product and every partial sum is an integer of
+    # magnitude <= K * 128**2 (int8's largest product is (-128)**2; qlab's codes stay in [-127, 127], but
+    # this function takes any int8), and a float holds every integer below 2**24 (fp32) or 2**53 (fp64), so
+    # in whatever order BLAS adds, the result is a GEMM's int32 sum (and rounds to fp32 as the int64 sum
+    # would). fp32 while K * 128**2 < 2**24 (K <= 1023; the codes stay exact as TF32 or bf16 inputs too,
+    # should a matmul precision setting allow those), fp64 above. torch has no integer matmul on CUDA,
+    # and on the CPU an int64 matmul is a plain loop: ~10x slower than fp32 BLAS, ~6x than fp64.
+    dtype = torch.float32 if xq.shape[1] * INT8_MAX_PRODUCT < FP32_EXACT else torch.float64
+    acc = (xq.to(dtype) @ wq.to(dtype)).float()  # (M, N)
     y = acc * x_scale.float()[:, None] * w_scale.float()[None, :]
     if bias is not None:
         y = y + bias.float()

@@ -57,6 +57,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from qlab.checks import all_finite
+
 # -------------------------------------------------------------------------------- which modules count
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -222,7 +224,7 @@ class LinearInputStats:
         x = x.detach().reshape(-1, self.in_features)  # (N, C)
         if x.shape[0] == 0:
             return
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError(f"layer {self.name!r}: its input contains NaN or Inf")
         xf = x.float()  # (N, C)
         a = xf.abs()  # (N, C)
@@ -234,7 +236,8 @@ class LinearInputStats:
         # Chan et al. (1979): merge (n_a, mean_a, m2_a) with the batch's (n_b, mean_b, m2_b).
         xd = xf.double()
         mean_b = xd.mean(dim=0)
-        m2_b = ((xd - mean_b) ** 2).sum(dim=0)
+        dev = xd - mean_b
+        m2_b = dev.mul_(dev).sum(dim=0)  # the squares in place: what ** 2 computes, without another (N, C)
         delta = mean_b - self.mean
         n = n_a + n_b
         self.mean += delta * (n_b / n)
@@ -262,7 +265,8 @@ class LinearInputStats:
             self._n_at_hist_max = 0
             self.hist_max *= 2.0
         self.hist_counts += _histc_abs(a, self.num_bins, self.hist_max)
-        self._n_at_hist_max += int((a == self.hist_max).sum())
+        if batch_max == self.hist_max:  # below it (the range was doubled before), no element can equal it
+            self._n_at_hist_max += int((a == self.hist_max).sum())
 
     def _update_reservoir(self, rows: torch.Tensor) -> None:
         """Algorithm R, vectorised: row t (0-based, global) replaces slot j ~ U{0..t} if j < keep_rows."""

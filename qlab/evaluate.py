@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qlab.checks import check_int, check_seed
+from qlab.checks import all_finite, check_int, check_seed
 from qlab.corpus import load_corpus
 from qlab.model import VOCAB_SIZE, check_token_ids
 from qlab.stats import perplexity_interval, windows_fingerprint
@@ -80,25 +81,36 @@ def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16)
                          f"(each predicts T of them; see eval_windows), got {shape}")
     check_token_ids(windows, _vocab_size(model), "windows")
     check_int("batch_size", batch_size, 1)
-    windows = windows.long()  # cross_entropy takes int64 targets only
-    t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    total, count, per_window = 0.0, 0, []
     try:
-        for i in range(0, windows.shape[0], batch_size):
-            w = windows[i : i + batch_size].to(device)
-            logits = model(w[:, :-1])  # (b, T, V)
-            if not torch.isfinite(logits).all():
-                raise FloatingPointError("the model produced NaN/Inf logits: perplexity is undefined")
-            loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                   reduction="none").view(w.shape[0], -1)  # (b, T)
-            total += loss.sum().item()
-            count += w[:, 1:].numel()
-            per_window += loss.mean(dim=1).tolist()
+        return _perplexity_of_logits(lambda k, w: model(w[:, :-1]), windows, batch_size,
+                                     next(model.parameters()).device)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def _perplexity_of_logits(logits_of: Callable[[int, torch.Tensor], torch.Tensor], windows: torch.Tensor,
+                          batch_size: int, device: torch.device) -> PerplexityResult:
+    """``perplexity_on``'s arithmetic for logits from anywhere: ``logits_of(k, w)`` returns the (b, T, V)
+    logits of batch k, the windows ``w`` (b, T + 1) on ``device``, batches of ``batch_size`` in order.
+    For a caller that computes a model's logits in parts (e.g. from a kept block input on: the same
+    numbers as ``model(w[:, :-1])``, and then the same result as ``perplexity_on``); the caller checks
+    the windows and sets the model's mode."""
+    windows = windows.long()  # cross_entropy takes int64 targets only
+    t0 = time.perf_counter()
+    total, count, per_window = 0.0, 0, []
+    for k, i in enumerate(range(0, windows.shape[0], batch_size)):
+        w = windows[i : i + batch_size].to(device)
+        logits = logits_of(k, w)  # (b, T, V)
+        if not all_finite(logits):
+            raise FloatingPointError("the model produced NaN/Inf logits: perplexity is undefined")
+        loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                               reduction="none").view(w.shape[0], -1)  # (b, T)
+        total += loss.sum().item()
+        count += w[:, 1:].numel()
+        per_window += loss.mean(dim=1).tolist()
     nll = total / count
     return PerplexityResult(math.exp(nll), nll / math.log(2), nll, count, time.perf_counter() - t0,
                             tuple(per_window), windows_fingerprint(windows))

@@ -164,6 +164,16 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)  # (B, T', C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)  # (B, T, vocab)
+
+    # forward in its three parts: whoever changes only block b and later (qlab.algorithms.mixed_precision's
+    # sensitivity, one layer at a time) can keep the stream entering block b and run the rest from there.
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering ``blocks[0]``, (B, T', C) for (B, T) byte ids ``idx`` (T' = T + 1
+        with a sink byte, else T)."""
         check_token_ids(idx, self.config.vocab_size)
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
@@ -174,8 +184,10 @@ class GPT(nn.Module):
         if bos is not None:
             idx = torch.cat([idx.new_full((B, 1), bos), idx], dim=1)  # (B, 1 + T)
         pos = torch.arange(idx.shape[1], device=idx.device)  # (T,) or (1 + T,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T', C)
-        for block in self.blocks:
-            x = block(x)
+        return self.wte(idx) + self.wpe(pos)  # (B, T', C)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) from the residual stream (B, T', C) leaving the last block (the sink's
+        position, if any, dropped)."""
         logits = self.lm_head(self.ln_f(x))  # (B, T', vocab)
-        return logits if bos is None else logits[:, 1:]  # (B, T, vocab)
+        return logits if self.config.bos_byte is None else logits[:, 1:]  # (B, T, vocab)

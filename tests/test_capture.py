@@ -105,6 +105,21 @@ def test_histogram_with_many_doublings_is_exact(seed):
     assert torch.equal(s.hist_counts, torch.histc(X.abs().flatten(), 2048, 0.0, s.hist_max).long())
 
 
+def test_histogram_counts_values_on_the_range_edge_across_doublings():
+    # Elements equal to hist_max sit in the last bin until the range doubles, then on edge num_bins / 2.
+    # Batches whose max is below hist_max cannot hold such an element (they skip the count); batches that
+    # reach it exactly must add theirs. All of it equals one torch.histc over the final range.
+    s = LinearInputStats("x", 4, num_bins=8)
+    xs = [torch.tensor([[1.0, 2.0, -2.0, 0.5]]), torch.tensor([[0.25, 1.5, 1.0, 0.0]]),   # max 2, then below
+          torch.tensor([[-2.0, 2.0, 0.1, 0.2]]), torch.tensor([[1.0, 1.0, 1.0, 1.0]]),    # on the edge, below
+          torch.tensor([[3.0, -2.0, 4.0, 2.0]]), torch.tensor([[4.0, 0.5, 2.0, -4.0]])]   # doubled to 4, edge 4
+    for i, x in enumerate(xs, 1):
+        s.update(x)
+        X = torch.cat(xs[:i])
+        assert torch.equal(s.hist_counts, torch.histc(X.abs().flatten(), 8, 0.0, s.hist_max).long()), i
+    assert s.hist_max == 4.0
+
+
 def test_histogram_zero_first_batch():
     s = LinearInputStats("x", 4, num_bins=16)
     s.update(torch.zeros(3, 4))

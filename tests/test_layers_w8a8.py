@@ -90,6 +90,27 @@ def test_integer_sum_is_exact():
     assert not torch.equal(xq.float() @ wq.float().t(), exact.float())  # the fp32 shortcut would fail
 
 
+@pytest.mark.parametrize("K", [1023, 1024, 8192])
+def test_reference_sums_are_the_int64_sums(K):
+    # The reference adds the int8 products in fp32 while K * 128^2 < 2^24 (K <= 1023), in fp64 above:
+    # every partial sum is an integer the float holds exactly, so the result is the int64 matmul's bit for
+    # bit, at the extremes of int8 too (y[0, 0] = K * 128^2: 16 760 832 at K = 1023, just below 2^24).
+    from qlab.kernels.reference import w8a8_matmul_reference
+
+    N = 5
+    g = torch.Generator().manual_seed(K)
+    xq = torch.randint(-128, 128, (32, K), generator=g, dtype=torch.int8)
+    wq = torch.randint(-128, 128, (K, N), generator=g, dtype=torch.int8)
+    xq[0], wq[:, 0] = -128, -128                                       # y[0, 0] = +K * 128^2
+    xq[1], wq[:, 1] = -128, 127                                        # y[1, 1] = -K * 128 * 127
+    xs, ws, bias = torch.rand(32, generator=g) + 0.01, torch.rand(N, generator=g) + 0.01, torch.randn(N, generator=g)
+    exact = (xq.long() @ wq.long()).float()
+    assert exact[0, 0] == K * 128 ** 2 and exact[1, 1] == -K * 128 * 127
+    y = w8a8_matmul_reference(xq, xs, wq, ws, bias, torch.float32)
+    assert torch.equal(y, exact * xs[:, None] * ws[None, :] + bias)
+    assert torch.equal(w8a8_matmul_reference(xq, torch.ones(32), wq, torch.ones(N), None, torch.float32), exact)
+
+
 @pytest.mark.parametrize("act", ["dynamic", "static"])
 @requires_triton
 def test_triton_path_matches_reference(act):

@@ -112,6 +112,19 @@ def test_plan_frames_keep_their_traces_and_show_the_summary(model, sens, uniform
         assert panel.error is None, panel.error
     assert panel.frames == 4 and views[0].summary().replace(">", "&gt;") in panel.text.value
 
+    # views already measured are shown as they are: nothing is measured for them again
+    from unittest import mock
+
+    import qlab.lessons.mixed_qat as mixed_qat
+
+    with mock.patch.object(mixed_qat, "plan_view", wraps=mixed_qat.plan_view) as spy:
+        panel = plan_panel(model, sens, uniform, float_ppl, value=budgets[1], known=views)
+        panel.controls["budget"].value = budgets[0]
+        assert spy.call_count == 0 and panel.error is None and panel.frames == 2
+        assert views[0].summary().replace(">", "&gt;") in panel.text.value
+    with pytest.raises(ValueError, match="known must hold PlanViews"):
+        plan_panel(model, sens, uniform, float_ppl + 1, value=budgets[1], known=views[:1])
+
 
 def test_sensitivity_chart_and_ranking(sens):
     top = most_sensitive(sens, candidate=0, top=3)

@@ -146,6 +146,28 @@ def test_static_ranges_are_the_largest_input_magnitudes():
         assert float(r.amax) == pytest.approx(seen[name], rel=1e-6)
 
 
+def test_static_ranges_equal_the_capture_calibrators():
+    """The hooks feed MinMax what capture_activations' calibrators get: the same lo and hi, bit for bit,
+    for every linear in model order; a NaN input names its layer, and no hook is left behind."""
+    from qlab.calibrators import MinMax
+    from qlab.capture import capture_activations
+
+    model, calib = tiny_model(), windows(5, 32, seed=3)
+    with capture_activations(model, num_bins=2, calibrators=lambda name: MinMax()) as stats:
+        for batch in calib.split(2):
+            model(batch)
+    expected = stats.calibration_results()
+    ranges = static_act_ranges(model, calib, batch_size=2)
+    assert list(ranges) == list(expected)
+    for name, r in ranges.items():
+        assert torch.equal(r.lo, expected[name].lo) and torch.equal(r.hi, expected[name].hi), name
+    with torch.no_grad():
+        model.blocks[1].ln_2.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=r"^layer 'blocks\.1\.mlp\.fc': its input contains NaN or Inf"):
+        static_act_ranges(model, calib)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
 def test_table_rows_equal_each_swapped_model():
     model, w, calib = tiny_model(), windows(), windows(4, 32, seed=2)
     ranges = static_act_ranges(model, calib)

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qlab.algorithms.smoothquant import collect_smoothing_groups, smoothquant_quantize_model
-from qlab.capture import capture_activations
+from qlab.algorithms.smoothquant import collect_smoothing_groups, input_absmax, smoothquant_quantize_model
+from qlab.capture import capture_activations, linear_layers
 from qlab.evaluate import perplexity_on
 from qlab.layers import LLMInt8Linear, W8A8Linear
 from qlab.layers.swap import QuantRecipe, quantize_model
@@ -214,6 +214,17 @@ def test_table_equals_the_library_models():
     assert float(lin.act_scale) == pytest.approx(float(x_max) / 127, rel=1e-6)
     text = format_smoothquant_table(rows, 5.0)
     assert "naive" in text and "SmoothQuant 0.50" in text and "per-token: ppl" in text
+
+
+def test_naive_w8a8_takes_measured_maxima():
+    """The maxima smoothquant_table measures once and shares: the same static model as measuring them here."""
+    model, calib = outlier_model(), tokens()
+    names = [n for n in linear_layers(model) if n != "lm_head"]
+    a = naive_w8a8(model, calib, "per_tensor")
+    b = naive_w8a8(model, calib, "per_tensor", absmax=input_absmax(model, calib, names))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(ValueError, match=r"absmax has no maxima for these linears: \['blocks\.1\.mlp\.proj'\]"):
+        naive_w8a8(model, calib, "per_tensor", absmax={n: torch.ones(64) for n in names[:-1]})
 
 
 def test_bad_arguments():

@@ -170,6 +170,37 @@ def test_sensitivity_on_more_windows_equals_those_windows(model):
             layer_sensitivity(model, (2,), n_windows=bad)
 
 
+@pytest.mark.parametrize("bos_byte", [None, 0])
+def test_sensitivity_runs_from_the_changed_block_and_equals_the_whole_forward(bos_byte):
+    """With several blocks, each evaluation starts from the stream the float pass kept at the changed
+    layer's block: the NLL of the whole forward to the last bit, over two batches of windows (16, 4);
+    lm_head, outside the blocks, runs the whole forward. Block 0 runs only in the float pass, for its
+    own 6 layers and for lm_head."""
+    from dataclasses import replace
+
+    from qlab.corpus import load_corpus
+    from qlab.evaluate import eval_windows, perplexity_on
+    from qlab.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(replace(CFG, n_layer=2, bos_byte=bos_byte)).eval()
+    calls = []
+    hook = model.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        sens = layer_sensitivity(model, (2,), group_size=128, exclude=(), n_windows=20)
+    finally:
+        hook.remove()
+    assert len(sens.layers) == 13 and sens.layers[-1] == "lm_head"
+    assert len(calls) == 2 * (1 + 6 + 1)                    # batches x (float pass, block 0's layers, lm_head)
+    windows = eval_windows(load_corpus().split("val"), CFG.block_size, "fast", 20)
+    base = perplexity_on(model, windows).nll
+    assert sens.base_nll == base
+    for name in ("blocks.0.attn.q", "blocks.1.attn.v", "blocks.1.mlp.proj", "lm_head"):
+        one = quantize_model(model, {name: sens.candidates[0]}, exclude=())
+        assert sens.delta_nll[sens.layers.index(name), 0].item() == perplexity_on(one, windows).nll - base, name
+    assert all(type(model.get_submodule(n)) is torch.nn.Linear for n in sens.layers)
+
+
 def test_sensitivity_bits_are_the_effective_bits_of_the_stored_layers(model, sens):
     """fp32 model -> fp32 scale and zero per group: bits + 64 / 128 (qlab.sizes' formula)."""
     assert sens.layers == ("blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v", "blocks.0.attn.proj",

@@ -152,6 +152,25 @@ def test_sink_byte_is_read_before_every_window():
         m(torch.zeros(1, m.config.block_size + 1, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bos_byte", [None, 0])
+def test_forward_is_embed_blocks_head(bos_byte):
+    """The three parts a caller may run separately (e.g. from a kept block input on): the same logits,
+    bit for bit, and embed checks its ids as forward does."""
+    m = tiny(bos_byte=bos_byte)
+    idx = torch.randint(1, 256, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = m.embed(idx)
+        assert x.shape == (3, 40 + (bos_byte is not None), m.config.n_embd)
+        kept = x
+        for block in m.blocks:
+            x = block(x)
+        assert torch.equal(m.head(x), m(idx))
+        x = m.blocks[1](m.blocks[0](kept))     # resumed from a kept stream: the same again
+        assert torch.equal(m.head(x), m(idx))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.embed(torch.full((1, 4), 256))
+
+
 @pytest.mark.parametrize("bad", [-1, 256, True, 1.0, "0"])
 def test_bad_sink_byte(bad):
     with pytest.raises(ValueError, match="bos_byte must be None or an int in \\[0, 255\\]"):

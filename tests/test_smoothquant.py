@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 from qlab.algorithms.smoothquant import (ALPHA_GRID, apply_smoothing, collect_smoothing_groups, group_rows,
-                                         search_alphas, smooth_model, smoothing_effect, smoothing_groups,
+                                         input_absmax, search_alphas, smooth_model, smoothing_effect, smoothing_groups,
                                          smoothing_scales, smoothquant_quantize_model, w8a8_group_error)
 from qlab.calibrators.base import CalibrationResult
-from qlab.capture import capture_activations
+from qlab.capture import capture_activations, linear_layers
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.layers.w8a8 import W8A8Linear
 from qlab.model import GPT
@@ -274,3 +274,34 @@ def test_errors_name_the_layer():
     groups[1].act_absmax[0] = float("nan")  # e.g. a statistic computed elsewhere
     with pytest.raises(ValueError, match=r"^blocks\.0\.ln_2 -> blocks\.0\.mlp\.fc: s must hold positive finite"):
         apply_smoothing(model, groups)
+
+
+@pytest.mark.parametrize("alpha,act", [(0.5, "per_tensor"), (0.8, "per_token"), ("auto", "per_tensor")])
+def test_given_absmax_builds_the_same_model(alpha, act):
+    """Maxima measured once (input_absmax) and passed in: the model of one calibration pass, bit for bit,
+    and the given dict is not modified (several models share it)."""
+    model = outlier_gpt()
+    names = [n for n in linear_layers(model) if n != "lm_head"]   # what smoothquant_quantize_model calibrates
+    absmax = input_absmax(model, CALIB, names)
+    kept = {n: a.clone() for n, a in absmax.items()}
+    a = smoothquant_quantize_model(model, CALIB, alpha, act)
+    b = smoothquant_quantize_model(model, CALIB, alpha, act, absmax=absmax)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert getattr(a, "smoothquant_alphas", None) == getattr(b, "smoothquant_alphas", None)
+    assert all(torch.equal(absmax[n], kept[n]) for n in names)
+
+
+def test_given_absmax_errors():
+    model = outlier_gpt()
+    names = [n for n in linear_layers(model) if n != "lm_head"]   # what smoothquant_quantize_model calibrates
+    absmax = input_absmax(model, CALIB, names)
+    with pytest.raises(ValueError, match=r"absmax has no maxima for these linears: \['blocks\.0\.attn\.q'\]"):
+        smoothquant_quantize_model(model, CALIB, absmax={n: a for n, a in absmax.items() if n != "blocks.0.attn.q"})
+    for bad, what in ((absmax["blocks.0.attn.q"][:-1], "shape"), (absmax["blocks.0.attn.q"] * float("nan"), "nan"),
+                      (-absmax["blocks.0.attn.q"], "negative"), (absmax["blocks.0.attn.q"].long(), "int")):
+        with pytest.raises(ValueError, match=r"^absmax\['blocks\.0\.attn\.q'\] must be a finite, non-negative float "
+                                             r"tensor of shape \(\d+,\)"):
+            smoothquant_quantize_model(model, CALIB, absmax={**absmax, "blocks.0.attn.q": bad})
+    with pytest.raises(TypeError, match="absmax must be a mapping"):
+        smoothquant_quantize_model(model, CALIB, absmax=[1.0])

@@ -127,7 +127,7 @@ for name, bits in zip(view.layers, view.bits):
 # %%
 # NBVAL_IGNORE_OUTPUT
 # the figure and the summary update in place when the slider is released (qlab.lessons.mixed_qat.plan_panel)
-plan_panel(model, sens, uniform, float_ppl, value=3.0)
+plan_panel(model, sens, uniform, float_ppl, value=3.0, known=[view])   # the plan above: shown, not measured again
 
 # %% [markdown]
 # ## 3. Quantization-aware training

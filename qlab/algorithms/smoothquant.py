@@ -328,10 +328,33 @@ def smooth_model(model: nn.Module, calib_tokens: Tensor, alpha: float = 0.5, *, 
     return model
 
 
+def check_absmax(absmax: Mapping[str, Tensor], model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
+    """Given calibration maxima (name -> (K,), as ``input_absmax`` returns them): one finite, non-negative
+    float vector of the layer's input width for each of ``names``; else a ValueError naming the layer."""
+    if not isinstance(absmax, Mapping):
+        raise TypeError(f"absmax must be a mapping of layer name -> (in_features,) tensor (input_absmax), "
+                        f"got {type(absmax).__name__}")
+    missing = [n for n in names if n not in absmax]
+    if missing:
+        raise ValueError(f"absmax has no maxima for these linears: {missing} (measure them with input_absmax on "
+                         f"the same model and calibration tokens)")
+    out = {}
+    for n in names:
+        a, width = absmax[n], linear_weight(model.get_submodule(n)).shape[1]
+        if not isinstance(a, Tensor) or not a.is_floating_point() or tuple(a.shape) != (width,) \
+                or not torch.isfinite(a).all() or (a < 0).any():
+            raise ValueError(f"absmax[{n!r}] must be a finite, non-negative float tensor of shape ({width},), got "
+                             f"{a.dtype if isinstance(a, Tensor) else type(a).__name__} "
+                             f"{tuple(a.shape) if isinstance(a, Tensor) else ''}".rstrip())
+        out[n] = a
+    return out
+
+
 def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Union[float, str] = 0.5,
                                act: Literal["per_token", "per_tensor"] = "per_token", *,
                                exclude: Union[str, Sequence[str]] = ("lm_head",), inplace: bool = False,
-                               batch_size: int = 32, search_rows: int = 2048) -> nn.Module:
+                               batch_size: int = 32, search_rows: int = 2048,
+                               absmax: Optional[Mapping[str, Tensor]] = None) -> nn.Module:
     """SmoothQuant W8A8: smooth with ``alpha``, then every linear (but ``exclude``) -> ``W8A8Linear``.
 
     Weights: per output channel absmax / 127. Activations (``act``): "per_token" = dynamic absmax / 127
@@ -339,6 +362,9 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
     One calibration pass: the smoothed inputs are x / s, so their absmax is max_j(absmax_j / s_j).
     ``alpha="auto"``: per group, ``search_alphas`` on ``search_rows`` sampled calibration rows; the
     choices are left on the returned model as ``model.smoothquant_alphas`` (norm -> alpha or None).
+    ``absmax``: the float model's per-channel input maxima over ``calib_tokens`` (``input_absmax`` with
+    the same ``batch_size``), if already measured: several alphas or activation schemes of one model then
+    share one calibration pass (the same numbers as measuring them here; "auto" still samples its rows).
     """
     if alpha != "auto":
         _check_alpha(alpha)
@@ -347,14 +373,19 @@ def smoothquant_quantize_model(model: nn.Module, calib_tokens: Tensor, alpha: Un
     tokens = check_calib_tokens(calib_tokens, model)
     exclude = check_patterns(exclude, "exclude")
     check_finite_parameters(model)
+    names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
+    if absmax is not None:
+        absmax = check_absmax(absmax, model, names)
     if not inplace:
         model = copy.deepcopy(model)
-    names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
-    # One calibration pass: the maxima (K,) of every linear's input before smoothing and, for "auto", the
-    # rows the search needs (those of the first linear reading each norm)
+    # One calibration pass: the maxima (K,) of every linear's input before smoothing (unless given) and,
+    # for "auto", the rows the search needs (those of the first linear reading each norm)
     readers = ([ls[0] for ls in find_norm_linear_groups(model, tokens[:1, :16]).values()]
                if alpha == "auto" else [])
-    absmax, sampled = _input_stats(model, tokens, names, batch_size=batch_size, rows_of=readers, max_rows=search_rows)
+    if absmax is None or readers:
+        measured, sampled = _input_stats(model, tokens, names if absmax is None else (), batch_size=batch_size,
+                                         rows_of=readers, max_rows=search_rows)
+        absmax = measured if absmax is None else absmax
     groups = smoothing_groups(model, absmax, tokens[:1, :16], exclude)
     if alpha == "auto":
         alpha = {r.norm: r.alpha for r in search_alphas(

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from qlab.calibrators.base import CalibrationResult
+from qlab.checks import all_finite
 from qlab.layers.base import QuantizedLinear, float_weight_and_bias
 from qlab.layers.w8a8 import OUT_DTYPES, int8_weight
 
@@ -126,7 +127,7 @@ class LLMInt8Linear(QuantizedLinear):
 
         self.check_input(x)
         x2 = x.reshape(-1, self.in_features)                           # (M, K)
-        if not torch.isfinite(x2).all():
+        if not all_finite(x2):
             raise ValueError("x contains NaN or Inf; int8 activations cannot represent them")
         x2 = x2 if x2.dtype in OUT_DTYPES else x2.float()
         outliers = outlier_columns(x2, self.threshold)                  # (K,) bool

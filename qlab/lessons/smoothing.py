@@ -23,7 +23,7 @@ the other channels get a coarse grid. Two answers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, input_absmax, relative_error,
+from qlab.algorithms.smoothquant import (ALPHA_GRID, SmoothingGroup, check_absmax, input_absmax, relative_error,
                                          smoothing_effect, smoothing_groups, smoothquant_quantize_model,
                                          w8a8_group_error)
 from qlab.calibrators import CalibrationResult
@@ -291,28 +291,38 @@ class SmoothQuantRow:
     result: Optional[PerplexityResult] = None   # with its per-window NLL, for intervals
 
 
-def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequence[str] = ("lm_head",)) -> nn.Module:
+def naive_w8a8(model: nn.Module, calib_tokens: Tensor, act: str, exclude: Sequence[str] = ("lm_head",), *,
+               absmax: Optional[Mapping[str, Tensor]] = None) -> nn.Module:
     """W8A8 without smoothing: per-token dynamic, or per-tensor static with amax = max |x| over the
-    calibration tokens (the statistic ``smoothquant_quantize_model`` uses)."""
+    calibration tokens (the statistic ``smoothquant_quantize_model`` uses). ``absmax``: those per-channel
+    maxima (``input_absmax``), if already measured; else one calibration pass measures them."""
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     if act == "per_token":
         return quantize_model(model, QuantRecipe("w8a8", act="dynamic"), exclude=tuple(exclude))
     names = [n for n in linear_layers(model) if not name_matches(n, exclude)]
-    ranges = {n: CalibrationResult(-a.max(), a.max()) for n, a in input_absmax(model, calib_tokens, names).items()}
+    absmax = input_absmax(model, calib_tokens, names) if absmax is None else check_absmax(absmax, model, names)
+    ranges = {n: CalibrationResult(-a.max(), a.max()) for n, a in absmax.items()}
     return quantize_model(model, QuantRecipe("w8a8", act="static"), exclude=tuple(exclude), act_ranges=ranges)
 
 
 def smoothquant_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor,
                       alphas: Sequence[float] = (0.25, 0.5, 0.75), acts: Sequence[str] = ACTS) -> list[SmoothQuantRow]:
-    """Perplexity of naive W8A8 and of SmoothQuant W8A8 (``smoothquant_quantize_model``) per alpha and act."""
+    """Perplexity of naive W8A8 and of SmoothQuant W8A8 (``smoothquant_quantize_model``) per alpha and act.
+
+    Every model is calibrated on the same statistic, the float model's per-channel input maxima over
+    ``calib_tokens``: measured once here and shared (the same numbers each model would measure alone,
+    one calibration pass instead of one per row)."""
     def row(act: str, alpha: Optional[float], qmodel: nn.Module) -> SmoothQuantRow:
         res = perplexity_on(qmodel, windows)
         return SmoothQuantRow(act, alpha, res.perplexity, res)
 
-    rows = [row(act, None, naive_w8a8(model, calib_tokens, act)) for act in acts]
+    names = [n for n in linear_layers(model) if not name_matches(n, ("lm_head",))]   # both functions' default
+    absmax = input_absmax(model, calib_tokens, names) if alphas or "per_tensor" in acts else None
+    rows = [row(act, None, naive_w8a8(model, calib_tokens, act, absmax=absmax)) for act in acts]
     for alpha in alphas:
-        rows += [row(act, float(alpha), smoothquant_quantize_model(model, calib_tokens, alpha, act)) for act in acts]
+        rows += [row(act, float(alpha), smoothquant_quantize_model(model, calib_tokens, alpha, act, absmax=absmax))
+                 for act in acts]
     return rows
 
 
