@@ -30,6 +30,9 @@ in Debian's Chromium through Playwright:
    they started, goes to ``test-artifacts/browser/NN_name.png``
    (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
 
+A notebook whose only problems are plotly figures that drew nothing at all (``only_blank_figures``: a
+glitch of plotly's widget front end seen once, on a loaded machine) runs once more, and its test warns.
+
 Two notebooks run at a time, each in its own lab server, browser and kernel (``WORKERS``: the two cores
 of CI), the longest first (as the instructor notebook's execution times say); the per-notebook times go
 to ``test-artifacts/browser/timings.json`` and the terminal. ``test_a_failing_callback_is_caught`` and
@@ -58,6 +61,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -214,6 +218,7 @@ class NotebookRun:
     started_s: float = 0.0                                     # since the first notebook started
     slowest_moves: list[str] = field(default_factory=list)
     screenshot: str | None = None                              # the README's, when rewritten
+    first_try: list[str] = field(default_factory=list)         # the problems of a first run that was retried
     browser: bool = True                                       # False: run without one (``run_headless``)
 
 
@@ -302,6 +307,16 @@ def run_headless(workdir: Path, instructor: Path, t0: float) -> NotebookRun:
     return run
 
 
+BLANK_FIGURE = ("plotly figures draw no trace", "plotly figure never changed")
+
+
+def only_blank_figures(run: NotebookRun) -> bool:
+    """Every problem of ``run`` is a plotly FigureWidget that drew nothing at all (and so never changed):
+    seen once in ~40 runs, on the first notebook of a fresh lab server on a loaded machine, where plotly's
+    widget front end (a 5 MB module) drew an empty plot for a figure the kernel had sent with its data."""
+    return bool(run.problems) and all(any(b in p for b in BLANK_FIGURE) for p in run.problems)
+
+
 class CourseRun:
     """The selected notebooks, ``WORKERS`` at a time, each worker a thread with its own lab server,
     Playwright and Chromium (Playwright's sync API is per thread); ``result(name)`` waits for one."""
@@ -352,7 +367,12 @@ class CourseRun:
                 try:
                     while (job := self._next()) is not None:
                         try:
-                            job[1].set_result(run_student_edition(browser, server, job[0], self.t0))
+                            run = run_student_edition(browser, server, job[0], self.t0)
+                            if only_blank_figures(run):   # once more, from a new page and kernel; both kept
+                                again = run_student_edition(browser, server, job[0], self.t0)
+                                again.first_try = run.problems
+                                run = again
+                            job[1].set_result(run)
                         except BaseException as e:  # noqa: BLE001 - handed to the notebook's test
                             job[1].set_exception(e)
                 finally:
@@ -600,6 +620,17 @@ def test_without_a_browser_the_outputs_are_still_checked(tmp_path) -> None:
     assert saved.cells[-1].outputs[0].text.startswith("✓ encode_e4m3 (notebook 00): correct"), saved.cells[-1].outputs
 
 
+def test_only_a_blank_figure_earns_a_second_run() -> None:
+    blank = ["panel 0 (cell 6): 1 of its 1 plotly figures draw no trace (before any move)",
+             "cell 6: slider 'column' of panel 0, drag to 0% ('256' -> '0'): 1 of the panel's 1 plotly figures draw no trace",
+             "panel 0 (cell 6): the slider 'column' took 4 new values but its plotly figure never changed"]
+    assert only_blank_figures(NotebookRun("07_gptq", problems=blank))
+    assert not only_blank_figures(NotebookRun("07_gptq", problems=[*blank, "cell 9: an error output"]))
+    assert not only_blank_figures(NotebookRun("07_gptq", problems=["panel 0 (cell 6): the slider 'column' took 4 "
+                                                                   "new values but its output never changed"]))
+    assert not only_blank_figures(NotebookRun("07_gptq"))
+
+
 def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
     """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget (the LivePanels' figure,
     drawn through anywidget) are drawn, and hovering a point shows its values."""
@@ -631,6 +662,9 @@ def test_student_edition_in_the_browser(notebook: Path, course: CourseRun) -> No
     fails anywhere, and the saved notebook prints what the instructor notebook prints (module docstring)."""
     run = course.result(notebook.name)
     assert run.problems == [], f"{notebook.stem}: {len(run.problems)} problems:\n" + "\n".join(run.problems)
+    if run.first_try:
+        warnings.warn(f"{notebook.stem} passed on its second run; its first drew a blank plotly figure:\n"
+                      + "\n".join(run.first_try), stacklevel=1)
     if not run.browser:
         pytest.skip(f"its outputs were checked without a browser (nbclient); the browser part did not run: "
                     f"{_missing_browser()}")
