@@ -16,8 +16,9 @@ the plot trails the hand by a queue of stale frames. A ``LivePanel`` does two th
 What one position of the controls shows is a ``Frame`` (plotly traces, layout changes, a text), made
 by a plain function of the values (``render(**values)``) that lives in ``qlab.lessons`` and is tested
 on its own; the panel adds the widgets. While a frame is computed the status line says "computing…";
-its HTML carries ``data-busy``, ``data-frame`` (frames drawn so far) and ``data-shown`` (each control's
-value as the control displays it), which the browser tests and ``benchmarks/bench_browser.py`` read. An
+its HTML carries ``data-busy``, ``data-frame`` (frames drawn so far), ``data-shown`` (each control's
+value as the control displays it) and ``data-ms`` (the kernel's milliseconds for the last frame: render
+and in-place update), which the browser tests and ``benchmarks/bench_browser.py`` read. An
 exception in ``render`` is shown in the panel (class ``qlab-live-error``) and written to the kernel's
 stderr, so neither a student nor a test can miss it.
 """
@@ -28,6 +29,7 @@ import asyncio
 import html
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -254,6 +256,7 @@ class LivePanel:
                 raise TypeError(f"controls[{name!r}] must be an ipywidgets value widget, got {type(control).__name__}")
         self.render, self.controls, self.figure = render, dict(controls), figure
         self.frames = 0              # frames drawn
+        self.last_ms = 0.0           # the kernel's time for the last frame (render + apply_frame), ms
         self.computed: list[dict] = []   # the values of each frame drawn (the coalescing tests read it)
         self.error: Optional[str] = None
         self._busy = False
@@ -284,13 +287,14 @@ class LivePanel:
         shown = {name: shown_value(c) for name, c in self.controls.items()}
         words = "computing…" if self._busy else ("error" if self.error else "")
         self.status.value = (f"<span class='qlab-live' data-busy='{int(self._busy)}' data-frame='{self.frames}' "
-                             f"data-shown='{html.escape(json.dumps(shown), quote=True)}' "
+                             f"data-shown='{html.escape(json.dumps(shown), quote=True)}' data-ms='{self.last_ms:.1f}' "
                              f"style='color:#888;font-size:90%'>{words or '&nbsp;'}</span>")
 
     def draw(self) -> Frame | None:
         """Compute the frame of the controls' current values and show it. An exception in ``render`` is
         shown in the panel and on the kernel's stderr, and returns None."""
         values = self.values()
+        start = time.perf_counter()
         try:
             frame = self.render(**values)
             if not isinstance(frame, Frame):
@@ -308,6 +312,7 @@ class LivePanel:
         else:
             self.error = None
             self.text.value = f"<pre class='qlab-live-text' style='margin:0'>{html.escape(frame.text)}</pre>"
+        self.last_ms = 1000 * (time.perf_counter() - start)
         self.frames += 1
         self.computed.append(values)
         return frame

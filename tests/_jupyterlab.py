@@ -292,6 +292,7 @@ PAGE_SCRIPT = r"""
     return {
       ...(look || fingerprint(panel)),
       busy: live ? +live.dataset.busy : null,
+      ms: live ? +live.dataset.ms : null,       // the kernel's time for the last frame
       frame: live ? +live.dataset.frame : null,
       shown: live ? JSON.parse(live.dataset.shown || "{}") : null,
       values: controlEls(panel).map((el) => shown(el, el.dataset.qlabKind)),

@@ -108,9 +108,23 @@ def test_outside_a_kernel_every_change_is_drawn_at_once():
     assert calls == [(1, 1), (3, 1), (3, 2)] and panel.frames == 3 and panel.error is None
     assert panel.figure.layout.xaxis.title.text == "a = 3"
     assert "a = 3" in panel.text.value
-    status = re.search(r"data-busy='(\d)' data-frame='(\d+)' data-shown='([^']*)'", panel.status.value)
+    status = re.search(r"data-busy='(\d)' data-frame='(\d+)' data-shown='([^']*)' data-ms='([\d.]+)'",
+                       panel.status.value)
     assert status and status.group(1) == "0" and status.group(2) == "3"
     assert json.loads(status.group(3).replace("&quot;", '"')) == {"a": "3", "b": "two"}
+    assert float(status.group(4)) == round(panel.last_ms, 1) > 0
+
+
+def test_the_status_says_how_long_the_last_frame_took_on_the_kernel():
+    def render(a):
+        time.sleep(0.02 * a)            # 20 ms per unit of a
+        return _frame(a)
+
+    panel = live(render, live_figure(2), a=widgets.IntSlider(1, 0, 10, description="a"))
+    panel.controls["a"].value = 3
+    panel._show_status()
+    ms = float(re.search(r"data-ms='([\d.]+)'", panel.status.value).group(1))
+    assert 60 <= ms < 1000, ms
 
 
 def test_shown_value_is_what_the_control_displays():
