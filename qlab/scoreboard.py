@@ -36,14 +36,11 @@ with them empty (``None`` / ``()``): tables then show bare numbers.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import numbers
-import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -445,77 +442,6 @@ def _change_cell(row: ScoreRow) -> str:
     return f"{text} [{row.change_low:+.2f}, {row.change_high:+.2f}]" if _has_change_interval(row) else text
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def machine_slug(description: Optional[str] = None) -> str:
-    """A file-name-safe machine name: the GPU's, else '<cpu>-<n>cores' (for scoreboard-<machine>.json)."""
-    if description is None:
-        if torch.cuda.is_available():
-            description = torch.cuda.get_device_name(0)
-        else:
-            import os
-
-            from qlab.train import machine_description
-
-            description = f"{machine_description().split(' (')[0]}-{os.cpu_count()}cores"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", description).strip("_") or "machine"
-
-
-def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[str] = None,
-              calib_samples: Optional[int] = None) -> Path:
-    """Write ``{"machine", "torch", "date", ["calib_samples"], "rows": [...]}`` to ``path``.
-
-    Each row's ``window_nll`` goes on one line, as the row holds it (``run_method`` rounds it to 7
-    decimals): ``load_json`` gives back equal rows."""
-    from qlab.train import machine_description
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine or machine_description(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d")}
-    if calib_samples is not None:
-        record["calib_samples"] = calib_samples
-    record["rows"] = [r.to_dict() for r in rows]
-    lists = {}                  # one line per window_nll list, not one line per number
-    for i, r in enumerate(record["rows"]):
-        token = f"@@window_nll {i}@@"
-        lists[json.dumps(token)] = json.dumps(list(r["window_nll"]))
-        r["window_nll"] = token
-    text = json.dumps(record, indent=2)
-    for token, values in lists.items():
-        text = text.replace(token, values, 1)
-    path.write_text(text + "\n")
-    return path
-
-
-def load_json(path: str | Path) -> list[ScoreRow]:
-    """The rows of a file written by ``save_json``; ValueError naming the file and what it lacks otherwise."""
-    path = Path(path)
-    remedy = "write it again with save_json or `qlab ptq --json` / `qlab ptq --all`"
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"scoreboard file {path} is not valid JSON ({exc}); {remedy}") from None
-    rows = record.get("rows") if isinstance(record, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"scoreboard file {path} has no 'rows' list of objects; {remedy}")
-    names = [f.name for f in fields(ScoreRow)]
-    required = [f.name for f in fields(ScoreRow) if f.default is MISSING]   # the rest: optional, newer
-    for i, r in enumerate(rows):
-        missing = [n for n in required if n not in r]
-        if missing:
-            raise ValueError(f"scoreboard file {path}: row {i} has no {', '.join(missing)}; {remedy}")
-        for n in ("ppl_low", "ppl_high", "change_low", "change_high"):
-            if r.get(n) is not None and (isinstance(r[n], bool) or not isinstance(r[n], numbers.Real)):
-                raise ValueError(f"scoreboard file {path}: row {i} has {n} {r[n]!r}, not a number or null; {remedy}")
-        nll = r.get("window_nll", [])
-        if not isinstance(nll, list) or any(isinstance(x, bool) or not isinstance(x, numbers.Real) for x in nll):
-            raise ValueError(f"scoreboard file {path}: row {i} has a window_nll that is not a list of numbers; "
-                             f"{remedy}")
-    return [ScoreRow(**{k: r[k] for k in names if k in r}) for r in rows]
-
-
 # Tables, paired comparisons, the Pareto front and its plot live in qlab.ranking (they read rows; this
 # module makes them). Re-exported lazily (ranking imports this module) so that ``qlab.scoreboard.pareto_front``
 # etc. keep working.
@@ -529,3 +455,8 @@ def __getattr__(name: str):
 
         return getattr(qlab.ranking, name)
     raise AttributeError(f"module 'qlab.scoreboard' has no attribute {name!r}")
+
+
+# The files (save_json, load_json, machine_slug) live in qlab.scoreboard_files; imported last, since they
+# read ScoreRow from here.
+from qlab.scoreboard_files import load_json, machine_slug, save_json  # noqa: E402,F401

@@ -287,11 +287,7 @@ def run_headless(workdir: Path, instructor: Path, t0: float) -> NotebookRun:
     """Without a browser (``_missing_browser``), the same notebook run by nbclient in a kernel of this
     environment and compared with the instructor's (steps 1 and 4 of the module docstring, no control
     operated): the outputs are checked everywhere, the browser's part only where there is one."""
-    from nbclient import NotebookClient
-
-    class Client(NotebookClient):
-        def on_comm_open_jupyter_widget(self, msg):  # do not wait for widget comms (jupyter/nbclient#312)
-            return None
+    import build_notebook    # tools/: its Executor does not wait for widget comms (jupyter/nbclient#312)
 
     run = NotebookRun(instructor.stem, started_s=round(time.monotonic() - t0, 1), browser=False)
     start = time.monotonic()
@@ -299,8 +295,8 @@ def run_headless(workdir: Path, instructor: Path, t0: float) -> NotebookRun:
     nb = with_solutions(build_course.cleared(student_edition(theirs)), theirs)
     folder = workdir / instructor.stem
     folder.mkdir(parents=True)
-    Client(nb, timeout=RUN_ALL_TIMEOUT_MS // 1000, kernel_name="python3", allow_errors=True,
-           resources={"metadata": {"path": str(folder)}}).execute()
+    build_notebook.Executor(timeout=RUN_ALL_TIMEOUT_MS // 1000, kernel_name="python3", allow_errors=True).preprocess(
+        nb, {"metadata": {"path": str(folder)}})
     nbformat.write(nb, folder / instructor.name)
     run.seconds["run_all"] = round(time.monotonic() - start, 1)
     run.problems += compare_with_instructor(folder / instructor.name, instructor)
