@@ -49,7 +49,7 @@ test: install
 	# tests run every notebook once, two at a time, in its student edition with the instructor's solutions
 	# appended, and compare what it prints with the committed instructor notebook (nbval's check, see
 	# tests/test_browser.py), while the other worker runs the rest
-	$(PY) -m pytest tests -q -n 2 --dist loadfile
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --durations=25
 
 # nbval over the instructor notebooks (two at a time, one kernel per worker; each runs torch on one thread):
 # for whoever edits a notebook. `make test` checks the same outputs in the browser run.

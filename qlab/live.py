@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 from qlab.plotting import FIGURE_DPI, FIGURE_WIDTH
 
-__all__ = ["Frame", "LivePanel", "apply_frame", "live", "live_figure", "on_axes", "shown_value", "stairs", "vlines",
+__all__ = ["Frame", "LivePanel", "apply_frame", "figure_widget", "live", "live_figure",
+           "on_axes", "shown_value", "stairs", "vlines",
            "vline_shape", "vspan_shape"]
 
 FIGURE_WIDTH_PX = int(FIGURE_WIDTH * FIGURE_DPI)     # 840: the width every lesson figure keeps to
@@ -123,8 +124,8 @@ def vline_shape(x: float, k: int = 1, color: str = "black", dash: str = "dash") 
 def live_figure(cols: int = 1, *, rows: int = 1, titles: Sequence[str] = (), height: int = 340,
                 width: int = FIGURE_WIDTH_PX, **subplot_args: Any):
     """An empty plotly figure with a grid of subplots, ``width`` px wide (the lessons' 840). A ``LivePanel``
-    draws its first frame into it and only then makes it a ``FigureWidget``, so the widget is born with its
-    data (traces added to a FigureWidget before the browser has loaded plotly's code can be lost)."""
+    draws its first frame into it and only then makes it a widget (``figure_widget``), so the widget is born
+    with its data (traces added to a FigureWidget before the browser has loaded plotly's code can be lost)."""
     from plotly.subplots import make_subplots
 
     for name, value in (("cols", cols), ("rows", rows)):
@@ -177,6 +178,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+_WHOLE_FIGURE_WIDGET = None
+
+
+def figure_widget(figure):
+    """A plotly ``FigureWidget`` of ``figure`` whose widget opens with the figure's data and layout.
+
+    plotly's own ``FigureWidget(figure)`` opens its widget (the comm) with no traces and no layout, and
+    sends them in a second message; its browser side draws the plot once, from what the model holds
+    when the view renders, and never redraws on that message (its ``do_data`` does nothing). A view
+    that renders before the second message is applied shows empty axes for good, whatever the moves
+    send afterwards (the moves restyle "every trace" of a model that has none). Here the comm opens
+    only once the figure is whole, so the first state the browser sees already has every trace.
+    """
+    global _WHOLE_FIGURE_WIDGET
+    import plotly.graph_objects as go
+
+    if _WHOLE_FIGURE_WIDGET is None:
+        class WholeFigureWidget(go.FigureWidget):
+            """``go.FigureWidget`` whose comm opens at the end of its constructor (see ``figure_widget``)."""
+
+            _open_deferred = True      # ipywidgets' Widget.__init__ calls open() before plotly fills the figure
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._open_deferred = False
+                self.open()
+
+            def open(self) -> None:
+                if not self._open_deferred:
+                    super().open()
+
+        _WHOLE_FIGURE_WIDGET = WholeFigureWidget
+    if not isinstance(figure, go.Figure | go.FigureWidget):
+        raise TypeError(f"figure must be a plotly Figure, got {type(figure).__name__}")
+    return _WHOLE_FIGURE_WIDGET(figure)
 
 
 def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:
@@ -274,7 +312,7 @@ class LivePanel:
         parts.append(self.text)
         self.draw()
         if figure is not None and not isinstance(figure, go.FigureWidget):
-            self.figure = go.FigureWidget(figure)          # born with the first frame's data
+            self.figure = figure_widget(figure)           # born with the first frame's data
             parts = [self.figure if p is figure else p for p in parts]
         self.widget = widgets.VBox(parts)
         self.widget.add_class("qlab-live-panel")

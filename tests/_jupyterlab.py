@@ -277,8 +277,16 @@ PAGE_SCRIPT = r"""
     }
     const svg = plots.map((p) => [...p.querySelectorAll("svg.main-svg")].map((s) => s.outerHTML).join("")).join("\u0001");
     const text = parts.join("\u0001") + "\u0002" + svg;
+    const empty = plots.filter((p) => !(p._fullData || []).length);
     return {fp: text.replace(/\s/g, "") ? hash(text) : "", fig: svg ? hash(svg) : "", figs: plots.length,
-            empty: plots.filter((p) => !(p._fullData || []).length).length};
+            empty: empty.length, emptyHow: empty.map(plotState)};
+  }
+  function plotState(p) {
+    // What a plotly figure that draws no trace holds (for the problem's text): the data and layout
+    // plotly was given (none after a purge), whether it has a context and an svg, whether it is attached.
+    return JSON.stringify({data: p.data ? p.data.length : "none", width: p.layout ? p.layout.width : "none",
+                           context: !!p._context, svgs: p.querySelectorAll("svg.main-svg").length,
+                           attached: p.isConnected});
   }
   function panelEl(j) { return document.querySelector(`[data-qlab-panel="${j}"]`); }
   function controlEls(panel) {
@@ -489,6 +497,9 @@ class NotebookPage:
         page.on("console", lambda m: m.type == "error" and self.console_errors.append(
             f"{m.text} [{m.location.get('url', '')}]"))
         page.on("pageerror", lambda e: self.console_errors.append(f"pageerror: {e}"))
+        self.console_widget: list[str] = []     # any console message of anywidget's or plotly's (diagnostics)
+        page.on("console", lambda m: re.search(r"anywidget|plotly", m.text, re.I) and self.console_widget.append(
+            f"{m.type}: {m.text[:300]}"))
         page.add_init_script(PAGE_SCRIPT)
         page.goto(server.lab_url(notebook))
         self.notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
@@ -652,6 +663,10 @@ class NotebookPage:
         error a LivePanel shows."""
         return self.page.evaluate("root => window.__qlab.errors(root)", self.notebook.element_handle())
 
+    def widget_messages(self) -> list[str]:
+        """The browser console's messages that name anywidget or plotly, of any level (debug included)."""
+        return list(self.console_widget)
+
     def log_console_errors(self) -> list[str]:
         """Errors the kernel sent outside any cell, as JupyterLab's log console shows them (View > Show Log
         Console): a widget observer that raised, a warning printed from a callback. Closed again after."""
@@ -747,7 +762,8 @@ def operate_every_control(page: NotebookPage, moves: Callable[[Control], Iterabl
         shown = page.state(panel.index)
         if shown["empty"]:
             problems.append(f"{where}: {shown['empty']} of its {shown['figs']} plotly figures draw no trace "
-                            "(before any move)")
+                            f"(before any move); they hold {', '.join(shown['emptyHow'])}; the browser console's "
+                            f"plotly and anywidget messages: {page.widget_messages()[-8:]}")
         for control in panel.controls:
             if control.kind == "unknown":
                 problems.append(f"{where}: no moves for the control {control.label!r}")

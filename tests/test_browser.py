@@ -30,9 +30,10 @@ in Debian's Chromium through Playwright:
    they started, goes to ``test-artifacts/browser/NN_name.png``
    (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
 
-A notebook whose only problems are plotly figures that drew nothing at all (``only_blank_figures``: a
-glitch of plotly's widget front end, seen twice in the first notebook of a fresh lab server and browser on a
-loaded machine) runs once more, and its test warns; each worker first draws one FigureWidget (``warm_up``).
+A notebook whose only problems are plotly figures that drew nothing at all (``only_blank_figures``) runs
+once more, and its test warns with what the blank figures held. Such figures were seen on loaded machines
+(1 to 4 per ``make test``) while the panels made plotly's own ``FigureWidget``, whose widget opens empty and
+gets its traces in a later message; the panels now open theirs whole (``qlab.live.figure_widget``).
 
 Two notebooks run at a time, each in its own lab server, browser and kernel (``WORKERS``: the two cores
 of CI), the longest first (as the instructor notebook's execution times say); the per-notebook times go
@@ -309,35 +310,9 @@ BLANK_FIGURE = ("plotly figures draw no trace", "plotly figure never changed")
 
 def only_blank_figures(run: NotebookRun) -> bool:
     """Every problem of ``run`` is a plotly FigureWidget that drew nothing at all (and so never changed):
-    seen once in ~40 runs, on the first notebook of a fresh lab server on a loaded machine, where plotly's
-    widget front end (a 5 MB module) drew an empty plot for a figure the kernel had sent with its data."""
+    seen 1 to 4 times per ``make test`` on a loaded machine while the panels used plotly's own
+    ``FigureWidget`` (module docstring)."""
     return bool(run.problems) and all(any(b in p for b in BLANK_FIGURE) for p in run.problems)
-
-
-WARM_UP = "import plotly.graph_objects as go\ngo.FigureWidget(go.Figure(go.Scatter(x=[0, 1, 2], y=[1.0, 0.5, 2.0])))"
-
-
-def warm_up(browser, server: LabServer) -> str | None:
-    """Before a worker's first notebook: one page that shows a plotly FigureWidget and waits until it has drawn
-    (plotly's widget front end, a 5 MB module, is then loaded once in this browser). Both blank figures seen
-    (``only_blank_figures``) were in the first notebook of a fresh lab server and browser, under load. Returns
-    what went wrong, or None; the course's checks do not depend on it."""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_UP)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, server.root / "_warm_up.ipynb")
-    context = browser.new_context(viewport=VIEWPORT)
-    try:
-        page = NotebookPage(context.new_page(), server, "_warm_up.ipynb")
-        page.run_all_cells(timeout=RUN_ALL_TIMEOUT_MS)
-        plot = page.notebook.locator(".js-plotly-plot").first
-        page.wait_until(lambda: plot.count() and plot.evaluate("e => (e._fullData || []).length") > 0, 120_000,
-                        "the warm-up figure to draw")
-        return None
-    except Exception as e:  # noqa: BLE001 - reported in the timings, never a failure of the course
-        return f"warm-up: {e}"[:500]
-    finally:
-        context.close()
-        server.shutdown_kernels()
 
 
 class CourseRun:
@@ -351,7 +326,6 @@ class CourseRun:
             self.todo.put(nb)
         self.futures: dict[str, Future] = {nb.name: Future() for nb in notebooks}
         self.servers: list[LabServer] = []
-        self.warm_ups: list[str | None] = []       # per worker: None, or what went wrong (``warm_up``)
         self.errors: list[BaseException] = []
         self.stopping = threading.Event()
         self.t0 = time.monotonic()
@@ -389,7 +363,6 @@ class CourseRun:
             with sync_playwright() as pw:
                 browser = _launch(pw)
                 try:
-                    self.warm_ups.append(warm_up(browser, server))
                     while (job := self._next()) is not None:
                         try:
                             run = run_student_edition(browser, server, job[0], self.t0)
@@ -452,7 +425,7 @@ def course(request, tmp_path_factory) -> Iterator[CourseRun | None]:
         wall = time.monotonic() - runner.t0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "timings.json").write_text(json.dumps(
-            {"wall_s": round(wall, 1), "workers": WORKERS, "load_after": os.getloadavg(), "warm_ups": runner.warm_ups,
+            {"wall_s": round(wall, 1), "workers": WORKERS, "load_after": os.getloadavg(),
              "notebooks": [asdict(r) for r in runs]}, indent=1))
         lines = [f"browser: {len(runs)} notebooks in {wall:.0f} s, {WORKERS} at a time (test-artifacts/browser/timings.json)"]
         lines += [f"  {r.notebook:28} {r.seconds.get('total', 0):6.1f} s  (run all {r.seconds.get('run_all', 0):.1f} s, "
@@ -657,13 +630,13 @@ def test_only_a_blank_figure_earns_a_second_run() -> None:
 
 
 def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
-    """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget (the LivePanels' figure,
-    drawn through anywidget) are drawn, and hovering a point shows its values."""
+    """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget as the LivePanels make it
+    (``figure_widget``, drawn through anywidget) are drawn, and hovering a point shows its values."""
     figure = """import plotly.graph_objects as go
 fig = go.Figure(go.Scatter(x=[2, 4, 8], y=[0.125, 0.0625, 0.00390625], mode="markers+lines", name="MSE"),
                 layout=dict(width=600, height=400, xaxis_title="bits", yaxis_title="MSE"))
 fig"""
-    page = open_notebook("_plotly_hover.ipynb", figure, "go.FigureWidget(fig)")
+    page = open_notebook("_plotly_hover.ipynb", figure, "from qlab.live import figure_widget\nfigure_widget(fig)")
     page.run_all_cells()
     for k in (0, 1):
         plot = page.notebook.locator(".jp-CodeCell").nth(k).locator(".js-plotly-plot")

@@ -14,8 +14,8 @@ import ipywidgets as widgets
 import numpy as np
 import pytest
 
-from qlab.live import (Frame, LivePanel, apply_frame, live, live_figure, on_axes, shown_value, stairs, vline_shape,
-                       vlines, vspan_shape)
+from qlab.live import (Frame, LivePanel, apply_frame, figure_widget, live, live_figure, on_axes, shown_value, stairs,
+                       vline_shape, vlines, vspan_shape)
 
 
 def _frame(a: float, n_points: int = 5) -> Frame:
@@ -158,6 +158,80 @@ def test_bad_arguments_are_refused_before_anything_is_built():
         LivePanel(lambda a: Frame(), {"a": 3})
     panel = live(lambda a: "not a frame", None, a=widgets.IntSlider())
     assert "render must return a qlab.live.Frame" in panel.error
+
+
+class _CommRecorder:
+    """Stands in for ipywidgets' comm: records what each widget sends, its opening state first."""
+
+    def __init__(self, log: list, **kwargs) -> None:
+        self.kernel, self.comm_id, self.log = object(), f"comm{len(log)}", log
+        log.append(("open", kwargs["data"]["state"]))
+
+    def send(self, data=None, buffers=None, **kwargs) -> None:
+        self.log.append(("update", data.get("state", {})))
+
+    def on_msg(self, callback) -> None:
+        pass
+
+    def on_close(self, callback) -> None:
+        pass
+
+    def close(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.fixture
+def comm_log(monkeypatch) -> list:
+    import ipywidgets.widgets.widget as widget_module
+
+    log: list = []
+    monkeypatch.setattr(widget_module.comm, "create_comm", lambda **kwargs: _CommRecorder(log, **kwargs))
+    return log
+
+
+def test_a_figure_widget_opens_with_its_traces_and_layout(comm_log):
+    """The browser draws a FigureWidget once, from the state its model holds when the view renders, and
+    plotly's view ignores later ``_widget_data`` messages: the state the comm opens with must be whole."""
+    import plotly.graph_objects as go
+
+    fig = _plain_figure()
+    w = figure_widget(fig)
+    assert [kind for kind, _ in comm_log] == ["open"], comm_log
+    state = comm_log[0][1]
+    assert [t["type"] for t in state["_widget_data"]] == ["scatter", "bar"]
+    assert list(state["_widget_data"][0]["y"]) == [0.0, 1.0, 4.0]
+    assert state["_widget_layout"]["width"] == 500
+    assert isinstance(w, go.FigureWidget) and list(w.data[1].y) == list(fig.data[1].y)
+    w.data[0].y = [9.0, 9.0, 9.0]                     # once open, a change is an update as usual
+    restyles = [state["_py2js_restyle"] for kind, state in comm_log[1:] if (state.get("_py2js_restyle") or {})]
+    assert len(restyles) == 1 and restyles[0]["restyle_data"]["y"] == [[9.0, 9.0, 9.0]], comm_log[1:]
+    with pytest.raises(TypeError, match="figure must be a plotly Figure, got dict"):
+        figure_widget({"data": []})
+
+
+def test_plotly_s_own_figure_widget_opens_empty(comm_log):
+    """Why ``figure_widget`` exists: ``go.FigureWidget(fig)`` opens with no traces and sends them after.
+    (If plotly ever opens it whole, this fails and ``figure_widget`` can go.)"""
+    import plotly.graph_objects as go
+
+    go.FigureWidget(_plain_figure())
+    kind, state = comm_log[0]
+    assert kind == "open" and state["_widget_data"] == [] and "width" not in state["_widget_layout"]
+    assert any(kind == "update" and len(state.get("_widget_data", [])) == 2 for kind, state in comm_log[1:])
+
+
+def test_a_panel_s_figure_opens_with_its_first_frame(comm_log):
+    live(lambda a: _frame(a), live_figure(2), a=widgets.IntSlider(3, 0, 10, description="a"))
+    opened = [state for kind, state in comm_log if kind == "open" and "_widget_data" in state]
+    assert len(opened) == 1 and [t["type"] for t in opened[0]["_widget_data"]] == ["scatter", "bar"]
+    assert list(opened[0]["_widget_data"][0]["y"]) == [0.0, 3.0, 6.0, 9.0, 12.0]
+
+
+def _plain_figure():
+    import plotly.graph_objects as go
+
+    return go.Figure([go.Scatter(x=[0.0, 1.0, 2.0], y=[0.0, 1.0, 4.0]), go.Bar(x=[0, 1, 2], y=[3, 2, 1])],
+                     layout=dict(width=500, height=300))
 
 
 def _drive(panel, schedule, render_s):
