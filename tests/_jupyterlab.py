@@ -321,6 +321,7 @@ PAGE_SCRIPT = r"""
 
   window.__qlab = {
     kernelState,
+    plotState,
     /** Tag and describe every widget panel of the notebook (the widgets a code cell's output shows). */
     describe(root) {
       const cells = [...root.querySelectorAll(".jp-Cell")];

@@ -636,8 +636,15 @@ def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
 fig = go.Figure(go.Scatter(x=[2, 4, 8], y=[0.125, 0.0625, 0.00390625], mode="markers+lines", name="MSE"),
                 layout=dict(width=600, height=400, xaxis_title="bits", yaxis_title="MSE"))
 fig"""
-    page = open_notebook("_plotly_hover.ipynb", figure, "from qlab.live import figure_widget\nfigure_widget(fig)")
+    page = open_notebook("_plotly_hover.ipynb", figure, "from qlab.live import figure_widget\nfigure_widget(fig)",
+                         "figure_widget(go.Figure(layout=dict(width=300, height=200)))")
     page.run_all_cells()
+    # a figure with no trace at all, as the checks see a blank one, and what they report that it holds
+    empty = page.notebook.locator(".jp-CodeCell").nth(2).locator(".js-plotly-plot")
+    empty.wait_for(timeout=30_000)
+    page.wait_until(lambda: empty.evaluate("e => !!e._fullLayout"), 10_000, "the empty figure to be laid out")
+    held = json.loads(empty.evaluate("e => window.__qlab.plotState(e)"))
+    assert held.pop("svgs") > 0 and held == {"data": 0, "width": 300, "context": True, "attached": True}, held
     for k in (0, 1):
         plot = page.notebook.locator(".jp-CodeCell").nth(k).locator(".js-plotly-plot")
         plot.wait_for(timeout=30_000)
