@@ -37,9 +37,8 @@ from typing import Any, Optional
 
 from qlab.plotting import FIGURE_DPI, FIGURE_WIDTH
 
-__all__ = ["Frame", "LivePanel", "apply_frame", "figure_widget", "live", "live_figure",
-           "on_axes", "shown_value", "stairs", "vlines",
-           "vline_shape", "vspan_shape"]
+__all__ = ["Frame", "LivePanel", "apply_frame", "figure_widget", "live", "live_figure", "on_axes", "shown_value",
+           "stairs", "vlines", "vline_shape", "vspan_shape"]
 
 FIGURE_WIDTH_PX = int(FIGURE_WIDTH * FIGURE_DPI)     # 840: the width every lesson figure keeps to
 FIRST_DELAY_S = 0.002     # an idle panel starts a frame this soon after a value arrives
@@ -190,12 +189,16 @@ def figure_widget(figure):
     sends them in a second message; its browser side draws the plot once, from what the model holds
     when the view renders, and never redraws on that message (its ``do_data`` does nothing). A view
     that renders before the second message is applied shows empty axes for good, whatever the moves
-    send afterwards (the moves restyle "every trace" of a model that has none). Here the comm opens
-    only once the figure is whole, so the first state the browser sees already has every trace.
+    send afterwards (the moves restyle "every trace" of a model that has none). Seen 0 to 4 times per
+    ``make test`` on a loaded 2-core machine, the blank plot holding no trace and no width: the opening
+    state. Here the comm opens only once the figure is whole, so the first state the browser sees already
+    has every trace.
     """
     global _WHOLE_FIGURE_WIDGET
     import plotly.graph_objects as go
 
+    if not isinstance(figure, go.Figure | go.FigureWidget):
+        raise TypeError(f"figure must be a plotly Figure, got {type(figure).__name__}")
     if _WHOLE_FIGURE_WIDGET is None:
         class WholeFigureWidget(go.FigureWidget):
             """``go.FigureWidget`` whose comm opens at the end of its constructor (see ``figure_widget``)."""
@@ -212,8 +215,6 @@ def figure_widget(figure):
                     super().open()
 
         _WHOLE_FIGURE_WIDGET = WholeFigureWidget
-    if not isinstance(figure, go.Figure | go.FigureWidget):
-        raise TypeError(f"figure must be a plotly Figure, got {type(figure).__name__}")
     return _WHOLE_FIGURE_WIDGET(figure)
 
 
