@@ -181,7 +181,7 @@ HEADER = (f"{'notebook':26} {'widget':16} {'kind':8} {'panel':8} {'moves':>5} {'
 
 
 def _row(r: dict) -> str:
-    verdict = "ok" if r["meets_target"] else ("FAILED MOVES" if r["failed"] else "over") + f" ({why(r)})"
+    verdict = "ok" if r["meets_target"] else ("FAILED MOVES" if r["failed"] else "over") + f" ({r['why']})"
 
     def num(x, fmt: str) -> str:
         return format(x, fmt) if x is not None else format("-", ">" + fmt.split(".")[0])

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from qlab.kernels.native_compile import Compiled, _problems, compile_native, parse_ptxas_log  # noqa: F401
+from qlab.kernels.native_compile import Compiled, compile_native, limit_problems, parse_ptxas_log  # noqa: F401
 from qlab.kernels.native_report import GROUP_SIZE, TARGETS, K, N, Report, Row, Target  # noqa: F401
 
 # ----------------------------------------------------------------------------- targets and shapes
@@ -263,7 +263,7 @@ def run_job(job: Job, keep_ptx: str | None = None) -> Row:
         name = f"{job.path.replace('/', '-')}-{job.config}-sm{job.target}-{job.dtype}.ptx"
         (Path(keep_ptx) / name).write_text(c.ptx)
     info = parse_ptxas_log(c.ptxas_log)
-    problems = _problems(target, c.shared, info, c.num_warps)
+    problems = limit_problems(target, c.shared, info, c.num_warps)
     return Row(job.path, job.config, params, job.target, job.dtype, "FAIL" if problems else "ok", c.shared,
                target.max_shared, num_warps=c.num_warps, seconds=round(c.seconds, 3),
                stages={k: round(v, 3) for k, v in c.stages.items()}, problems=tuple(problems), **info)

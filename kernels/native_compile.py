@@ -2,7 +2,7 @@
 (registers, shared memory, spills): the unit of ``qlab.kernels.native``'s check.
 
 ``compile_native`` compiles as a launch with the given arguments would (Triton's front end, then ptxas
-with ``-v``); ``parse_ptxas_log`` reads ptxas' report; ``_problems`` judges it against the target's limits.
+with ``-v``); ``parse_ptxas_log`` reads ptxas' report; ``limit_problems`` judges it against the target's limits.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def compile_native(kernel, args: tuple, kwargs: dict, arch: int) -> Compiled:
     return Compiled(compiled.asm["ptx"], log, compiled.metadata.shared, compiled.metadata.num_warps, seconds, stages)
 
 
-def _problems(target: Target, shared: int, info: dict, num_warps: int) -> list[str]:
+def limit_problems(target: Target, shared: int, info: dict, num_warps: int) -> list[str]:
     problems = []
     if shared > target.max_shared:
         problems.append(f"shared memory {shared:,} B > {target.max_shared:,} B")

@@ -333,6 +333,25 @@ def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return x
 
 
+def run_with_input_hooks(model: nn.Module, tokens: torch.Tensor, hooks: Mapping[nn.Module, Callable],
+                         batch_size: int) -> None:
+    """Run ``model`` in eval mode over ``tokens`` (n, T) in batches of ``batch_size`` rows with a forward
+    pre-hook ``fn(module, args)`` on each module of ``hooks``; the hooks are removed and the training mode
+    restored whatever happens. For one statistic over a calibration set without ``capture_activations``'
+    streaming statistics (SmoothQuant's maxima, W8A8's static ranges)."""
+    handles = [module.register_forward_pre_hook(fn) for module, fn in hooks.items()]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for batch in tokens.split(batch_size):
+            model(batch.to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 @contextmanager
 def capture_activations(model: nn.Module, *, layers: str | Sequence[str] | None = None, num_bins: int = 2048,
                         keep_rows: int = 0, seed: int = 0,

@@ -26,6 +26,7 @@ stderr, so neither a student nor a test can miss it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import json
 import sys
@@ -179,9 +180,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_WHOLE_FIGURE_WIDGET = None
-
-
 def figure_widget(figure):
     """A plotly ``FigureWidget`` of ``figure`` whose widget opens with the figure's data and layout.
 
@@ -194,28 +192,32 @@ def figure_widget(figure):
     state. Here the comm opens only once the figure is whole, so the first state the browser sees already
     has every trace.
     """
-    global _WHOLE_FIGURE_WIDGET
     import plotly.graph_objects as go
 
     if not isinstance(figure, go.Figure | go.FigureWidget):
         raise TypeError(f"figure must be a plotly Figure, got {type(figure).__name__}")
-    if _WHOLE_FIGURE_WIDGET is None:
-        class WholeFigureWidget(go.FigureWidget):
-            """``go.FigureWidget`` whose comm opens at the end of its constructor (see ``figure_widget``)."""
+    return _whole_figure_widget()(figure)
 
-            _open_deferred = True      # ipywidgets' Widget.__init__ calls open() before plotly fills the figure
 
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                self._open_deferred = False
-                self.open()
+@functools.cache
+def _whole_figure_widget() -> type:
+    """``go.FigureWidget`` whose comm opens at the end of its constructor (see ``figure_widget``); made on
+    first use, so that importing qlab.live does not import plotly."""
+    import plotly.graph_objects as go
 
-            def open(self) -> None:
-                if not self._open_deferred:
-                    super().open()
+    class WholeFigureWidget(go.FigureWidget):
+        _open_deferred = True      # ipywidgets' Widget.__init__ calls open() before plotly fills the figure
 
-        _WHOLE_FIGURE_WIDGET = WholeFigureWidget
-    return _WHOLE_FIGURE_WIDGET(figure)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._open_deferred = False
+            self.open()
+
+        def open(self) -> None:
+            if not self._open_deferred:
+                super().open()
+
+    return WholeFigureWidget
 
 
 def apply_frame(fig, frame: Frame, previous: Optional[Frame] = None) -> None:

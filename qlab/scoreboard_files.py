@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from qlab.scoreboard import ScoreRow
-from qlab.train import cpu_model
+from qlab.train import cpu_model, machine_description
 
 
 def machine_slug(description: Optional[str] = None) -> str:
@@ -35,8 +35,6 @@ def save_json(rows: Sequence[ScoreRow], path: str | Path, *, machine: Optional[s
 
     Each row's ``window_nll`` goes on one line, as the row holds it (``run_method`` rounds it to 7
     decimals): ``load_json`` gives back equal rows."""
-    from qlab.train import machine_description
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine or machine_description(), "torch": torch.__version__,

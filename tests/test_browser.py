@@ -30,10 +30,10 @@ in Debian's Chromium through Playwright:
    they started, goes to ``test-artifacts/browser/NN_name.png``
    (and, with ``QLAB_UPDATE_SCREENSHOTS=1`` and no problem found, to ``docs/screenshots/NN_name.png``).
 
-A notebook whose only problems are plotly figures that drew nothing at all (``only_blank_figures``) runs
-once more, and its test warns with what the blank figures held. Such figures were seen on loaded machines
-(1 to 4 per ``make test``) while the panels made plotly's own ``FigureWidget``, whose widget opens empty and
-gets its traces in a later message; the panels now open theirs whole (``qlab.live.figure_widget``).
+A plotly figure that draws no trace is a problem like any other, and says what the plot held. Such figures
+were seen on loaded machines (0 to 4 per ``make test``) while the panels made plotly's own ``FigureWidget``,
+whose widget opens empty and gets its traces in a later message; the panels now open theirs whole
+(``qlab.live.figure_widget``).
 
 Two notebooks run at a time, each in its own lab server, browser and kernel (``WORKERS``: the two cores
 of CI), the longest first (as the instructor notebook's execution times say); the per-notebook times go
@@ -63,7 +63,6 @@ import shutil
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -220,7 +219,6 @@ class NotebookRun:
     started_s: float = 0.0                                     # since the first notebook started
     slowest_moves: list[str] = field(default_factory=list)
     screenshot: str | None = None                              # the README's, when rewritten
-    first_try: list[str] = field(default_factory=list)         # the problems of a first run that was retried
     browser: bool = True                                       # False: run without one (``run_headless``)
 
 
@@ -305,16 +303,6 @@ def run_headless(workdir: Path, instructor: Path, t0: float) -> NotebookRun:
     return run
 
 
-BLANK_FIGURE = ("plotly figures draw no trace", "plotly figure never changed")
-
-
-def only_blank_figures(run: NotebookRun) -> bool:
-    """Every problem of ``run`` is a plotly FigureWidget that drew nothing at all (and so never changed):
-    seen 1 to 4 times per ``make test`` on a loaded machine while the panels used plotly's own
-    ``FigureWidget`` (module docstring)."""
-    return bool(run.problems) and all(any(b in p for b in BLANK_FIGURE) for p in run.problems)
-
-
 class CourseRun:
     """The selected notebooks, ``WORKERS`` at a time, each worker a thread with its own lab server,
     Playwright and Chromium (Playwright's sync API is per thread); ``result(name)`` waits for one."""
@@ -365,12 +353,7 @@ class CourseRun:
                 try:
                     while (job := self._next()) is not None:
                         try:
-                            run = run_student_edition(browser, server, job[0], self.t0)
-                            if only_blank_figures(run):   # once more, from a new page and kernel; both kept
-                                again = run_student_edition(browser, server, job[0], self.t0)
-                                again.first_try = run.problems
-                                run = again
-                            job[1].set_result(run)
+                            job[1].set_result(run_student_edition(browser, server, job[0], self.t0))
                         except BaseException as e:  # noqa: BLE001 - handed to the notebook's test
                             job[1].set_exception(e)
                 finally:
@@ -618,17 +601,6 @@ def test_without_a_browser_the_outputs_are_still_checked(tmp_path) -> None:
     assert saved.cells[-1].outputs[0].text.startswith("✓ encode_e4m3 (notebook 00): correct"), saved.cells[-1].outputs
 
 
-def test_only_a_blank_figure_earns_a_second_run() -> None:
-    blank = ["panel 0 (cell 6): 1 of its 1 plotly figures draw no trace (before any move)",
-             "cell 6: slider 'column' of panel 0, drag to 0% ('256' -> '0'): 1 of the panel's 1 plotly figures draw no trace",
-             "panel 0 (cell 6): the slider 'column' took 4 new values but its plotly figure never changed"]
-    assert only_blank_figures(NotebookRun("07_gptq", problems=blank))
-    assert not only_blank_figures(NotebookRun("07_gptq", problems=[*blank, "cell 9: an error output"]))
-    assert not only_blank_figures(NotebookRun("07_gptq", problems=["panel 0 (cell 6): the slider 'column' took 4 "
-                                                                   "new values but its output never changed"]))
-    assert not only_blank_figures(NotebookRun("07_gptq"))
-
-
 def test_plotly_figures_show_values_on_hover(open_notebook) -> None:
     """A plotly figure (JupyterLab's plotly renderer) and a plotly FigureWidget as the LivePanels make it
     (``figure_widget``, drawn through anywidget) are drawn, and hovering a point shows its values."""
@@ -667,9 +639,6 @@ def test_student_edition_in_the_browser(notebook: Path, course: CourseRun) -> No
     fails anywhere, and the saved notebook prints what the instructor notebook prints (module docstring)."""
     run = course.result(notebook.name)
     assert run.problems == [], f"{notebook.stem}: {len(run.problems)} problems:\n" + "\n".join(run.problems)
-    if run.first_try:
-        warnings.warn(f"{notebook.stem} passed on its second run; its first drew a blank plotly figure:\n"
-                      + "\n".join(run.first_try), stacklevel=1)
     if not run.browser:
         pytest.skip(f"its outputs were checked without a browser (nbclient); the browser part did not run: "
                     f"{_missing_browser()}")

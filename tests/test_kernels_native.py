@@ -158,11 +158,11 @@ def test_the_ptxas_report_and_the_verdict():
     a100, h100 = native.TARGETS[80], native.TARGETS[90]
     assert (a100.max_shared, h100.max_shared) == (LIMITS["sm_80"], LIMITS["sm_90"])
     ok = {"registers": 128, "stack": 0, "spill_stores": 0, "spill_loads": 0}
-    assert native._problems(h100, 232_448, ok, 8) == []
-    assert native._problems(a100, 166_913, ok, 4) == ["shared memory 166,913 B > 166,912 B"]
-    assert native._problems(a100, 1024, info, 8) == ["spills 7428 B stores / 7624 B loads (4016 B stack frame)"]
-    assert native._problems(h100, 0, {**ok, "registers": 255}, 16) == ["255 registers x 512 threads > 65536"]
-    assert native._problems(h100, 0, {**ok, "registers": None}, 4) == ["no register report from ptxas"]
+    assert native.limit_problems(h100, 232_448, ok, 8) == []
+    assert native.limit_problems(a100, 166_913, ok, 4) == ["shared memory 166,913 B > 166,912 B"]
+    assert native.limit_problems(a100, 1024, info, 8) == ["spills 7428 B stores / 7624 B loads (4016 B stack frame)"]
+    assert native.limit_problems(h100, 0, {**ok, "registers": 255}, 16) == ["255 registers x 512 threads > 65536"]
+    assert native.limit_problems(h100, 0, {**ok, "registers": None}, 4) == ["no register report from ptxas"]
 
 
 def test_candidate_configs_parse_like_triton_configs():

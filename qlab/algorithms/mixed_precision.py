@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from qlab.capture import check_patterns, is_linear_like, select_names
 from qlab.corpus import load_corpus
-from qlab.evaluate import FAST_WINDOWS, _perplexity_of_logits, eval_windows, perplexity, perplexity_on
+from qlab.evaluate import FAST_WINDOWS, eval_windows, perplexity, perplexity_of_logits, perplexity_on
 from qlab.layers.base import QuantizedLinear
 from qlab.layers.swap import QuantRecipe, quantize_model
 from qlab.sizes import stored_weight_bits
@@ -281,7 +281,7 @@ def _nll_with_changed_layer(model: nn.Module, name: str, windows: Tensor, kept: 
     was_training = model.training
     model.eval()
     try:
-        return _perplexity_of_logits(logits_of, windows, _BATCH, next(model.parameters()).device).nll
+        return perplexity_of_logits(logits_of, windows, _BATCH, next(model.parameters()).device).nll
     finally:
         model.train(was_training)
 

@@ -43,7 +43,8 @@ from torch import Tensor
 
 from qlab.algorithms.fold import fold_scales
 from qlab.algorithms.layerwise import check_calib_tokens, check_finite_parameters, errors_name
-from qlab.capture import check_patterns, find_norm_linear_groups, linear_layers, linear_weight, name_matches
+from qlab.capture import (check_patterns, find_norm_linear_groups, linear_layers, linear_weight, name_matches,
+                          run_with_input_hooks)
 from qlab.granularity import PerAxis, PerTensor, PerToken
 from qlab.layers.swap import quantize_model
 from qlab.layers.w8a8 import W8A8Linear
@@ -108,22 +109,6 @@ class SmoothingGroup:
 
 
 @torch.no_grad()
-def _run_with_input_hooks(model: nn.Module, tokens: Tensor, hooks: Mapping[nn.Module, Callable], batch_size: int) -> None:
-    """Run ``model`` in eval mode over ``tokens`` in batches with a forward pre-hook on each module;
-    the hooks are removed and the training mode restored whatever happens."""
-    handles = [module.register_forward_pre_hook(fn) for module, fn in hooks.items()]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for batch in tokens.split(batch_size):
-            model(batch.to(device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
 def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *,
                  batch_size: int = 32) -> dict[str, Tensor]:
@@ -152,7 +137,7 @@ def _input_stats(model: nn.Module, tokens: Tensor, names: Sequence[str], *, batc
                 rows[name].append(x[::stride].float().cpu())
         return fn
 
-    _run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in dict.fromkeys([*names, *rows_of])},
+    run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in dict.fromkeys([*names, *rows_of])},
                           batch_size)
     missing = [n for n in names if n not in absmax]
     if missing:

@@ -36,7 +36,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from qlab.calibrators import CalibrationResult, MinMax
-from qlab.capture import linear_layers
+from qlab.capture import linear_layers, run_with_input_hooks
 from qlab.checks import all_finite
 from qlab.evaluate import PerplexityResult, generate, perplexity_on
 from qlab.granularity import PerAxis, PerGroup
@@ -87,13 +87,7 @@ def static_act_ranges(model: nn.Module, calib_tokens: Tensor, batch_size: int = 
             calibrators.setdefault(name, MinMax()).update(x)
         return hook
 
-    handles = [m.register_forward_pre_hook(observe(n)) for n, m in linears.items()]
-    try:
-        for batch in calib_tokens.split(batch_size):
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_input_hooks(model, calib_tokens, {m: observe(n) for n, m in linears.items()}, batch_size)
     return {n: calibrators[n].compute() for n in linears if n in calibrators}
 
 

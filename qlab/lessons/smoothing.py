@@ -317,8 +317,8 @@ def smoothquant_table(model: nn.Module, calib_tokens: Tensor, windows: Tensor,
         res = perplexity_on(qmodel, windows)
         return SmoothQuantRow(act, alpha, res.perplexity, res)
 
-    names = [n for n in linear_layers(model) if not name_matches(n, ("lm_head",))]   # both functions' default
-    absmax = input_absmax(model, calib_tokens, names) if alphas or "per_tensor" in acts else None
+    # every linear's maxima: each model picks those of the linears it quantizes
+    absmax = input_absmax(model, calib_tokens, list(linear_layers(model))) if alphas or "per_tensor" in acts else None
     rows = [row(act, None, naive_w8a8(model, calib_tokens, act, absmax=absmax)) for act in acts]
     for alpha in alphas:
         rows += [row(act, float(alpha), smoothquant_quantize_model(model, calib_tokens, alpha, act, absmax=absmax))
