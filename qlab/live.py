@@ -181,16 +181,22 @@ def _plain(value: Any) -> Any:
 
 
 def figure_widget(figure):
-    """A plotly ``FigureWidget`` of ``figure`` whose widget opens with the figure's data and layout.
+    """A plotly ``FigureWidget`` of ``figure`` that opens whole and keeps following the kernel on a slow page.
 
-    plotly's own ``FigureWidget(figure)`` opens its widget (the comm) with no traces and no layout, and
-    sends them in a second message; its browser side draws the plot once, from what the model holds
-    when the view renders, and never redraws on that message (its ``do_data`` does nothing). A view
-    that renders before the second message is applied shows empty axes for good, whatever the moves
-    send afterwards (the moves restyle "every trace" of a model that has none). Seen 0 to 4 times per
-    ``make test`` on a loaded 2-core machine, the blank plot holding no trace and no width: the opening
-    state. Here the comm opens only once the figure is whole, so the first state the browser sees already
-    has every trace.
+    Two things go wrong with plotly's own ``FigureWidget(figure)`` in JupyterLab, both from anywidget's
+    start-up limit: a widget has 2 s from the creation of its model to the end of its module's
+    ``initialize``; past that, anywidget rejects the model for good and drops every later message to it
+    ("[anywidget] Failed to initialize model." in the browser's console). plotly's module is 5 MB and
+    anywidget evaluates it anew for every figure: 1.3 s on an idle 2-core Xeon (3.5 s for three at once),
+    more on a loaded one. So
+
+    * plotly's widget opens with no traces and no layout and sends them in later messages: dropped, the plot
+      stays empty (seen 0 to 4 times per ``make test``: no trace, no width). Here the widget opens only
+      once the figure is whole (its first state has every trace);
+    * the moves' restyles are dropped, and the plot never changes again. Here the browser module is
+      ``qlab/plotly_loader.js``: its ``initialize`` returns at once, it evaluates plotly's module once per
+      page (the module's text travels as ``_qlab_plotly_source``), then runs plotly's ``initialize`` and
+      replays, in order, plotly's messages that arrived meanwhile; the view waits for that.
     """
     import plotly.graph_objects as go
 
@@ -199,13 +205,37 @@ def figure_widget(figure):
     return _whole_figure_widget()(figure)
 
 
+LOADER_KEY = "__QLAB_PLOTLY_KEY__"
+
+
 @functools.cache
-def _whole_figure_widget() -> type:
-    """``go.FigureWidget`` whose comm opens at the end of its constructor (see ``figure_widget``); made on
-    first use, so that importing qlab.live does not import plotly."""
+def plotly_loader() -> tuple[str, str]:
+    """(plotly's widget module, qlab's loader module for it), the loader keyed by the hash of plotly's."""
+    import hashlib
+    from pathlib import Path
+
     import plotly.graph_objects as go
 
+    source = str(go.FigureWidget._esm)        # the text anywidget would send for plotly's own FigureWidget
+    key = "plotly:" + hashlib.sha256(source.encode()).hexdigest()[:32]
+    loader = (Path(__file__).with_name("plotly_loader.js")).read_text()
+    if loader.count(LOADER_KEY) != 1:
+        raise RuntimeError(f"qlab/plotly_loader.js must hold {LOADER_KEY!r} once (the key it is filled with)")
+    return source, loader.replace(LOADER_KEY, key)
+
+
+@functools.cache
+def _whole_figure_widget() -> type:
+    """``go.FigureWidget`` whose comm opens at the end of its constructor and whose browser module is qlab's
+    loader (see ``figure_widget``); made on first use, so that importing qlab.live does not import plotly."""
+    import plotly.graph_objects as go
+    import traitlets
+
+    source, loader = plotly_loader()
+
     class WholeFigureWidget(go.FigureWidget):
+        _esm = loader
+        _qlab_plotly_source = traitlets.Unicode(source).tag(sync=True)
         _open_deferred = True      # ipywidgets' Widget.__init__ calls open() before plotly fills the figure
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

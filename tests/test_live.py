@@ -209,6 +209,24 @@ def test_a_figure_widget_opens_with_its_traces_and_layout(comm_log):
         figure_widget({"data": []})
 
 
+def test_a_figure_widget_s_browser_module_is_qlab_s_loader_of_plotly_s(comm_log):
+    """The module anywidget imports for every figure is qlab's small loader (``qlab/plotly_loader.js``),
+    keyed by the hash of plotly's module; plotly's module, the text anywidget would have imported for
+    plotly's own FigureWidget, travels in the opening state beside it (the browser test
+    ``test_figure_widgets_follow_the_kernel_when_plotly_loads_slowly`` shows what that changes)."""
+    import hashlib
+
+    import plotly.graph_objects as go
+
+    figure_widget(_plain_figure())
+    go.FigureWidget()
+    ours, plotlys = (state for kind, state in comm_log if kind == "open")
+    assert ours["_qlab_plotly_source"] == plotlys["_esm"] and len(plotlys["_esm"]) > 1_000_000
+    key = hashlib.sha256(plotlys["_esm"].encode()).hexdigest()[:32]
+    assert len(ours["_esm"]) < 10_000 and ours["_esm"].count(f'const KEY = "plotly:{key}";') == 1
+    assert "__QLAB_PLOTLY_KEY__" not in ours["_esm"] and "export default" in ours["_esm"]
+
+
 def test_plotly_s_own_figure_widget_opens_empty(comm_log):
     """Why ``figure_widget`` exists: ``go.FigureWidget(fig)`` opens with no traces and sends them after.
     (If plotly ever opens it whole, this fails and ``figure_widget`` can go.)"""

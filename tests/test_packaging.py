@@ -54,6 +54,18 @@ def test_every_subpackage_is_listed_for_installation():
     assert found | {"qlab", "qlab.kernels"} == listed
 
 
+def test_every_data_file_of_qlab_is_listed_for_installation():
+    """A file qlab reads (a checkpoint, the corpus, the plotly loader's JavaScript) that pyproject's
+    package-data misses is there in the editable install but not in a wheel."""
+    import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qlab"]
+    tracked = subprocess.run(["git", "ls-files", "qlab"], cwd=ROOT, capture_output=True, text=True, check=True)
+    data = [Path(f).relative_to("qlab").as_posix() for f in tracked.stdout.split() if not f.endswith(".py")]
+    assert "plotly_loader.js" in data
+    assert [f for f in data if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)] == []
+
+
 def _triton_requirement():
     from packaging.requirements import Requirement
 
