@@ -669,8 +669,8 @@ def test_figure_widgets_follow_the_kernel_when_plotly_loads_slowly(open_notebook
     the kernel sends them:
 
     * one that opens whole (as the panels' figures did before the loader) shows its first state and
-      nothing after; anywidget says "[anywidget] Failed to initialize model." (the failure of notebooks
-      07 and 10 in CI);
+      nothing after (the failure of notebooks 07 and 10 in CI, where anywidget said "[anywidget] Failed to
+      initialize model.": it says so when no message is waiting for the model as it gives up);
     * one of plotly's own ``FigureWidget`` stays blank (its traces come after the opening: dropped),
       and nothing is said: when a message is waiting, the rejection goes to it and JupyterLab's kernel
       connection drops it silently (the blank figures of earlier CI runs).
@@ -690,8 +690,10 @@ def test_figure_widgets_follow_the_kernel_when_plotly_loads_slowly(open_notebook
     page.wait_until(lambda: len(plots(1)) == 2, 30_000, "the other figures to be drawn")
     assert plots(1) == [[0, 0, 0, "start"], [None]], \
         f"the figures that load plotly's module themselves followed the kernel: the loader may go {plots(1)}"
+    # what anywidget says: once for the whole figure if nothing was waiting for it when it gave up (the late
+    # restyle reaches it after), or nothing; no other problem
     problems = page.problems()
-    assert problems == ["browser console: pageerror: [anywidget] Failed to initialize model."], problems
+    assert set(problems) <= {"browser console: pageerror: [anywidget] Failed to initialize model."}, problems
 
 
 # ---------------------------------------------------------------------------------------------------
