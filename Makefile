@@ -31,11 +31,9 @@ $(CONFIG): FORCE
 $(STAMP): pyproject.toml environment.yml $(CONFIG)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# --no-compile: pip would byte-compile all ~16,000 modules of the environment (50 CPU-s on CI's machine);
-	# Python compiles the few hundred a run imports, once, the first time.
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
-	$(PIP) install -q --no-compile $(INDEX) "$(TORCH)"
-	$(PIP) install -q --no-compile $(INDEX) -e ".[test,hf]"
+	$(PIP) install -q $(INDEX) "$(TORCH)"
+	$(PIP) install -q $(INDEX) -e ".[test,hf]"
 	touch $(STAMP)
 
 lab: install
