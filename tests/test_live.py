@@ -190,8 +190,8 @@ def comm_log(monkeypatch) -> list:
 
 
 def test_a_figure_widget_opens_with_its_traces_and_layout(comm_log):
-    """The browser draws a FigureWidget once, from the state its model holds when the view renders, and
-    plotly's view ignores later ``_widget_data`` messages: the state the comm opens with must be whole."""
+    """The state the comm opens with is whole, so that what the browser draws never depends on a second
+    message (anywidget drops them all when plotly's module loads too slowly; see ``figure_widget``)."""
     import plotly.graph_objects as go
 
     fig = _plain_figure()
