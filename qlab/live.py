@@ -205,11 +205,11 @@ def figure_widget(figure):
     return _whole_figure_widget()(figure)
 
 
-LOADER_KEY = "__QLAB_PLOTLY_KEY__"
+_LOADER_KEY = "__QLAB_PLOTLY_KEY__"
 
 
 @functools.cache
-def plotly_loader() -> tuple[str, str]:
+def _plotly_loader() -> tuple[str, str]:
     """(plotly's widget module, qlab's loader module for it), the loader keyed by the hash of plotly's."""
     import hashlib
     from pathlib import Path
@@ -219,9 +219,9 @@ def plotly_loader() -> tuple[str, str]:
     source = str(go.FigureWidget._esm)        # the text anywidget would send for plotly's own FigureWidget
     key = "plotly:" + hashlib.sha256(source.encode()).hexdigest()[:32]
     loader = (Path(__file__).with_name("plotly_loader.js")).read_text()
-    if loader.count(LOADER_KEY) != 1:
-        raise RuntimeError(f"qlab/plotly_loader.js must hold {LOADER_KEY!r} once (the key it is filled with)")
-    return source, loader.replace(LOADER_KEY, key)
+    if loader.count(_LOADER_KEY) != 1:
+        raise RuntimeError(f"qlab/plotly_loader.js must hold {_LOADER_KEY!r} once (the key it is filled with)")
+    return source, loader.replace(_LOADER_KEY, key)
 
 
 @functools.cache
@@ -231,7 +231,7 @@ def _whole_figure_widget() -> type:
     import plotly.graph_objects as go
     import traitlets
 
-    source, loader = plotly_loader()
+    source, loader = _plotly_loader()
 
     class WholeFigureWidget(go.FigureWidget):
         _esm = loader

@@ -11,7 +11,7 @@
 // Changes of plotly's `_py2js_*` messages (restyle, relayout, update...) that arrive in between are held
 // and replayed to plotly's handlers in order, each with the value it carried; the view waits for all that.
 
-const KEY = "__QLAB_PLOTLY_KEY__"; // sha256 of plotly's module text (qlab.live fills it in)
+const KEY = "__QLAB_PLOTLY_KEY__"; // "plotly:" and the sha256 of plotly's module text (filled in by qlab.live)
 const SOURCE = "_qlab_plotly_source";
 const HELD = "_py2js_"; // plotly's kernel-to-browser messages: each change is an event, not a state
 
