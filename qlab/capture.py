@@ -333,6 +333,7 @@ def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
 def run_with_input_hooks(model: nn.Module, tokens: torch.Tensor, hooks: Mapping[nn.Module, Callable],
                          batch_size: int) -> None:
     """Run ``model`` in eval mode over ``tokens`` (n, T) in batches of ``batch_size`` rows with a forward

@@ -85,14 +85,14 @@ def perplexity_on(model: nn.Module, windows: torch.Tensor, batch_size: int = 16)
     model.eval()
     try:
         return perplexity_of_logits(lambda k, w: model(w[:, :-1]), windows, batch_size,
-                                     next(model.parameters()).device)
+                                    next(model.parameters()).device)
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
 def perplexity_of_logits(logits_of: Callable[[int, torch.Tensor], torch.Tensor], windows: torch.Tensor,
-                          batch_size: int, device: torch.device) -> PerplexityResult:
+                         batch_size: int, device: torch.device) -> PerplexityResult:
     """``perplexity_on``'s arithmetic for logits from anywhere: ``logits_of(k, w)`` returns the (b, T, V)
     logits of batch k, the windows ``w`` (b, T + 1) on ``device``, batches of ``batch_size`` in order.
     For a caller that computes a model's logits in parts (e.g. from a kept block input on: the same

@@ -377,3 +377,25 @@ def test_capture_on_cuda_matches_cpu():
         assert int(b.hist_counts.sum()) == int(a.hist_counts.sum())
         assert int((b.hist_counts.cpu() - a.hist_counts).abs().sum()) <= 4  # boundary rounding only
         torch.testing.assert_close(b.reservoir.cpu(), a.reservoir, rtol=1e-5, atol=1e-6)  # same CPU draws
+
+
+def test_run_with_input_hooks_sees_every_batch_without_grad_and_cleans_up():
+    """The calibration passes' runner (SmoothQuant's maxima, W8A8's static ranges): every batch reaches the
+    hook, no autograd graph is built, and the hooks and the training mode are gone afterwards, even when a
+    hook raises."""
+    from qlab.capture import run_with_input_hooks
+
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    model.train()
+    seen = []
+    run_with_input_hooks(model, torch.arange(10).reshape(5, 2) % 10,
+                         {model[1]: lambda m, args: seen.append((args[0].shape[0], torch.is_grad_enabled()))}, 2)
+    assert seen == [(2, False), (2, False), (1, False)]
+    assert model.training and not model[1]._forward_pre_hooks
+
+    def fail(m, args):
+        raise RuntimeError("hook fails on purpose")
+
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_with_input_hooks(model, torch.zeros(4, 2, dtype=torch.long), {model[1]: fail}, 2)
+    assert model.training and not model[1]._forward_pre_hooks

@@ -32,7 +32,7 @@ the search cannot, on its calibration rows.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -109,7 +109,6 @@ class SmoothingGroup:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def input_absmax(model: nn.Module, calib_tokens: Tensor, names: Sequence[str], *,
                  batch_size: int = 32) -> dict[str, Tensor]:
     """Per-input-channel max |x| of each named linear over all calibration tokens: name -> (K,).
@@ -138,7 +137,7 @@ def _input_stats(model: nn.Module, tokens: Tensor, names: Sequence[str], *, batc
         return fn
 
     run_with_input_hooks(model, tokens, {modules[n]: hook(n) for n in dict.fromkeys([*names, *rows_of])},
-                          batch_size)
+                         batch_size)
     missing = [n for n in names if n not in absmax]
     if missing:
         raise ValueError(f"these linears never ran on the calibration tokens: {missing}")
